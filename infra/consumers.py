@@ -1,0 +1,199 @@
+"""The consumer runner: JetStream deliveries -> idempotent handlers, one durable transaction each.
+
+For every delivery:
+1. decode it (`message_parse`); a malformed message is poison: terminated at once, never retried;
+2. open `transaction.atomic(durable=True)` on the consuming service's database, record
+   `(consumer, event id)` in its inbox (a duplicate is skipped and acked), run the handler;
+3. ack only after that transaction committed.
+A handler exception rolls everything back and the message is redelivered after an exponential
+backoff (NAK with delay), up to `max_deliver` deliveries; the last failure terminates it.
+
+Handlers that must call an external service before writing (payments -> Stripe) are marked
+with `@handler_outside_transaction`: the runner calls them with an `effect` context manager
+and they open it themselves around their writes, after the external call.
+
+The runner carries the operational concerns (threads, backoff, logging, graceful shutdown);
+a handler only handles.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import enum
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from django.apps import apps
+from django.conf import settings
+from django.db import close_old_connections, router, transaction
+from django.utils.module_loading import import_string
+
+from infra.messages import MalformedMessageError, message_parse
+from infra.nats import Delivery, jetstream_session
+from infra.outbox import DuplicateDeliveryError, inbox_record
+from infra.streams import STREAMS, ConsumerRoute
+
+log = logging.getLogger(__name__)
+
+
+_current_event_id: contextvars.ContextVar[str] = contextvars.ContextVar("a4co_event_id", default="")
+
+
+def current_event_id() -> str:
+    """The event id of the message being handled in this thread ("" outside a handler)."""
+    return _current_event_id.get()
+
+
+class Outcome(enum.StrEnum):
+    HANDLED = "handled"
+    DUPLICATE = "duplicate"
+    RETRY = "retry"
+    POISON = "poison"
+
+
+def handler_outside_transaction(func: Callable) -> Callable:
+    """Mark a handler that opens its own effect transaction (see module docstring)."""
+    func.outside_transaction = True
+    return func
+
+
+def backoff_seconds(num_delivered: int) -> float:
+    """Delay before the next delivery after the `num_delivered`-th failed: base * 2^(n-1)."""
+    return settings.CONSUMER_BACKOFF_BASE_SECONDS * (2 ** max(num_delivered - 1, 0))
+
+
+def delivery_handle(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: str,
+                    num_delivered: int) -> tuple[Outcome, str]:
+    """Handle one delivery synchronously (in a worker thread). Never raises.
+
+    Returns the outcome and, for RETRY/POISON, the reason.
+    """
+    close_old_connections()
+    try:
+        try:
+            payload = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MalformedMessageError(f"not JSON: {exc}") from exc
+        message = message_parse(subject, payload)
+        event_id = msg_id or str(payload.get("eventId", ""))
+        if not event_id:
+            raise MalformedMessageError("no Nats-Msg-Id header and no eventId field")
+        handler = import_string(route.handlers).get(subject)
+        if handler is None:
+            raise MalformedMessageError(f"{route.name} has no handler for {subject}")
+    except MalformedMessageError as exc:
+        return Outcome.POISON, str(exc)
+
+    inbox_model = apps.get_model(route.inbox_model)
+    order_id = str(getattr(message, "order_id", ""))
+
+    @contextlib.contextmanager
+    def effect() -> Iterator[None]:
+        with transaction.atomic(using=router.db_for_write(inbox_model), durable=True):
+            inbox_record(inbox_model, consumer=route.name, event_id=event_id, subject=subject,
+                         aggregate_id=order_id, deliveries=num_delivered)
+            yield
+
+    token = _current_event_id.set(event_id)
+    try:
+        if getattr(handler, "outside_transaction", False):
+            handler(message, effect=effect)
+        else:
+            with effect():
+                handler(message)
+    except DuplicateDeliveryError:
+        log.info("duplicate skipped consumer=%s subject=%s eventId=%s orderId=%s",
+                 route.name, subject, event_id, order_id)
+        return Outcome.DUPLICATE, ""
+    except MalformedMessageError as exc:
+        return Outcome.POISON, str(exc)
+    except Exception as exc:
+        log.exception("handler failed consumer=%s subject=%s eventId=%s orderId=%s delivery=%d",
+                      route.name, subject, event_id, order_id, num_delivered)
+        return Outcome.RETRY, f"{type(exc).__name__}: {exc}"
+    finally:
+        _current_event_id.reset(token)
+    log.info("handled consumer=%s subject=%s eventId=%s orderId=%s delivery=%d",
+             route.name, subject, event_id, order_id, num_delivered)
+    return Outcome.HANDLED, ""
+
+
+class ConsumerRunner:
+    """Runs the given routes until `stop()`; in-flight messages finish before it returns."""
+
+    def __init__(self, routes: list[ConsumerRoute], *, fetch_timeout: float = 1.0):
+        self.routes = routes
+        self.fetch_timeout = fetch_timeout
+        self._stop = asyncio.Event()
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        async with jetstream_session(f"a4co-consumers-{os.getpid()}") as session:
+            await session.ensure(STREAMS, [route.consumer for route in self.routes])
+            pulls = [await session.pull(route.consumer) for route in self.routes]
+            if ready is not None:
+                ready.set()
+            log.info("consumers running: %s", ", ".join(route.key for route in self.routes))
+            await asyncio.gather(*(self._consume(route, pull)
+                                   for route, pull in zip(self.routes, pulls, strict=True)))
+        log.info("consumers stopped")
+
+    async def _consume(self, route: ConsumerRoute, pull) -> None:
+        loop = asyncio.get_running_loop()
+        # One thread per route: Django connections are per thread, and messages of one
+        # route are handled in stream order.
+        with ThreadPoolExecutor(1, thread_name_prefix=route.key) as executor:
+            while not self._stop.is_set():
+                deliveries = await pull.fetch(settings.CONSUMER_FETCH_BATCH, self.fetch_timeout)
+                for index, delivery in enumerate(deliveries):
+                    if self._stop.is_set():
+                        # Give the rest back at once so another consumer process takes them.
+                        for rest in deliveries[index:]:
+                            await rest.nak()
+                        break
+                    outcome, reason = await loop.run_in_executor(
+                        executor, _handle_in_thread, route, delivery)
+                    await self._settle(route, delivery, outcome, reason)
+            await loop.run_in_executor(executor, close_old_connections)
+
+    async def _settle(self, route: ConsumerRoute, delivery: Delivery, outcome: Outcome, reason: str) -> None:
+        key = (route.name, outcome.value)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if outcome in (Outcome.HANDLED, Outcome.DUPLICATE):
+            await delivery.ack()
+        elif outcome is Outcome.POISON:
+            log.error("poison message terminated consumer=%s subject=%s msgId=%s: %s",
+                      route.name, delivery.subject, delivery.msg_id, reason)
+            await delivery.term()
+        elif delivery.num_delivered >= settings.CONSUMER_MAX_DELIVER:
+            log.error("giving up after %d deliveries consumer=%s subject=%s msgId=%s: %s",
+                      delivery.num_delivered, route.name, delivery.subject, delivery.msg_id, reason)
+            await delivery.term()
+        else:
+            await delivery.nak(delay=backoff_seconds(delivery.num_delivered))
+
+
+def _handle_in_thread(route: ConsumerRoute, delivery: Delivery) -> tuple[Outcome, str]:
+    return delivery_handle(route, subject=delivery.subject, data=delivery.data,
+                           msg_id=delivery.msg_id, num_delivered=delivery.num_delivered)
+
+
+def consumers_run_forever(routes: list[ConsumerRoute]) -> None:
+    """Run until SIGTERM/SIGINT, then finish in-flight messages and return."""
+    runner = ConsumerRunner(routes)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runner.stop)
+        await runner.run()
+
+    asyncio.run(main())

@@ -1,0 +1,64 @@
+"""Abstract outbox and inbox tables. Every service database has its own concrete pair.
+
+A service writes its state change and its outgoing `OutboxMessage` in one transaction on its
+own alias; the relay publishes pending rows to JetStream with the row id as `Nats-Msg-Id`.
+A consumer records `(consumer, event_id)` in its service's `InboxMessage` in the same
+transaction as the effect of the message, which makes redelivery harmless.
+"""
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+from a4co import clock
+
+
+class AbstractOutboxMessage(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False,
+                          help_text="The event id: sent as Nats-Msg-Id and recorded by inboxes.")
+    subject = models.CharField(max_length=200)
+    aggregate_id = models.CharField(max_length=64, db_index=True,
+                                    help_text="The order this message is about.")
+    payload = models.JSONField(help_text="The full wire object (envelope + payload).")
+    created_at = models.DateTimeField(default=clock.now)
+    published_at = models.DateTimeField(null=True, blank=True)
+    stream_sequence = models.BigIntegerField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        abstract = True
+        ordering = ["created_at"]
+        indexes = [
+            # The relay's scan: only pending rows, oldest first; stays tiny when drained.
+            models.Index(fields=["created_at"], condition=Q(published_at__isnull=True),
+                         name="%(app_label)s_outbox_pending"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} {self.id}"
+
+    @property
+    def is_published(self) -> bool:
+        return self.published_at is not None
+
+
+class AbstractInboxMessage(models.Model):
+    consumer = models.CharField(max_length=100)
+    event_id = models.CharField(max_length=100)
+    subject = models.CharField(max_length=200)
+    aggregate_id = models.CharField(max_length=64, db_index=True, blank=True, default="")
+    deliveries = models.PositiveIntegerField(default=1,
+                                             help_text="JetStream delivery count when it was handled.")
+    received_at = models.DateTimeField(default=clock.now)
+
+    class Meta:
+        abstract = True
+        constraints = [
+            models.UniqueConstraint(fields=["consumer", "event_id"], name="%(app_label)s_inbox_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.consumer} {self.event_id}"

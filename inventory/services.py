@@ -1,0 +1,223 @@
+"""Inventory writes: reserve (all lines or none), release, commit, expire, set stock.
+
+Every function runs in a transaction on the `inventory` database (the message handlers run in
+the consumer's transaction; the others open their own). Product rows are locked with
+`SELECT ... FOR UPDATE` in product-id order, after the reservation row when there is one, so
+concurrent orders serialise on the stock they share and never deadlock; database check
+constraints make a negative quantity impossible (the transaction fails instead of overselling).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections import Counter
+
+from django.conf import settings
+from django.db import transaction
+
+from a4co import clock
+from a4co.errors import ApplicationError
+from infra.outbox import outbox_append
+from inventory.messages import InventoryOutOfStock, InventoryReleased, InventoryReserved
+from inventory.models import OutboxMessage, Product, Reservation, ReservationItem
+
+log = logging.getLogger(__name__)
+DB = "inventory"
+
+
+class InvalidStockError(ApplicationError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class ReserveLine:
+    product_id: str
+    quantity: int
+
+
+def _requested(lines: list[ReserveLine]) -> dict[str, int]:
+    totals: Counter[str] = Counter()
+    for line in lines:
+        totals[line.product_id] += line.quantity
+    return dict(sorted(totals.items()))
+
+
+def _locked_products(product_ids) -> dict[str, Product]:
+    return {p.product_id: p for p in
+            Product.objects.using(DB).select_for_update().filter(product_id__in=list(product_ids))
+            .order_by("product_id")}
+
+
+def _reservation_announce(reservation: Reservation) -> None:
+    """(Re-)emit the event that describes the reservation's current state."""
+    if reservation.status in (Reservation.Status.ACTIVE, Reservation.Status.COMMITTED):
+        outbox_append(OutboxMessage, InventoryReserved(
+            order_id=reservation.order_id, reservation_id=str(reservation.id),
+            items=tuple({"productId": i.product_id, "quantity": i.quantity} for i in reservation.items.all()),
+            expires_at=reservation.expires_at), aggregate_id=reservation.order_id)
+    else:
+        outbox_append(OutboxMessage, InventoryReleased(
+            order_id=reservation.order_id, reservation_id=str(reservation.id),
+            reason=reservation.release_reason or reservation.status.lower()), aggregate_id=reservation.order_id)
+
+
+def stock_reserve(*, order_id: str, lines: list[ReserveLine], ttl_seconds: int | None = None) -> Reservation | None:
+    """Reserve every line of the order, or none of them. Emits inventory.reserved or .out_of_stock.
+
+    Idempotent per order: if the order already has a reservation (or was released before this
+    request arrived), nothing is taken again and the existing outcome is announced again.
+    Unknown products count as out of stock (available 0).
+    """
+    existing = Reservation.objects.using(DB).select_for_update().filter(order_id=order_id).first()
+    if existing is not None:
+        _reservation_announce(existing)
+        return existing
+    requested = _requested(lines)
+    products = _locked_products(requested)
+    unavailable = [
+        {"productId": pid, "requested": qty,
+         "available": products[pid].available_quantity if pid in products else 0}
+        for pid, qty in requested.items()
+        if pid not in products or products[pid].available_quantity < qty
+    ]
+    if unavailable or not requested:
+        outbox_append(OutboxMessage, InventoryOutOfStock(order_id=order_id, unavailable_items=tuple(unavailable)),
+                      aggregate_id=order_id)
+        return None
+    now = clock.now()
+    for pid, qty in requested.items():
+        product = products[pid]
+        product.available_quantity -= qty
+        product.reserved_quantity += qty
+        product.updated_at = now
+    Product.objects.using(DB).bulk_update(products.values(), ["available_quantity", "reserved_quantity", "updated_at"])
+    ttl = ttl_seconds or settings.RESERVATION_TTL_SECONDS
+    reservation = Reservation.objects.using(DB).create(
+        order_id=order_id, expires_at=now + dt.timedelta(seconds=ttl), created_at=now, updated_at=now)
+    ReservationItem.objects.using(DB).bulk_create(
+        [ReservationItem(reservation=reservation, product_id=pid, quantity=qty) for pid, qty in requested.items()])
+    _reservation_announce(reservation)
+    return reservation
+
+
+def _stock_return(reservation: Reservation, now: dt.datetime) -> None:
+    items = list(reservation.items.all())
+    products = _locked_products(i.product_id for i in items)
+    for item in items:
+        product = products[item.product_id]
+        product.reserved_quantity -= item.quantity
+        product.available_quantity += item.quantity
+        product.updated_at = now
+    Product.objects.using(DB).bulk_update(products.values(), ["available_quantity", "reserved_quantity", "updated_at"])
+
+
+def stock_release(*, order_id: str, reason: str, answer: bool = True) -> Reservation | None:
+    """Give back what the order holds. Emits inventory.released when stock went back, and, with
+    `answer` (a release request expects an answer), also when it had already gone back.
+
+    A request for an order with no reservation yet leaves a RELEASED tombstone, so an
+    orders.created that arrives later reserves nothing. A COMMITTED reservation (the order was
+    confirmed) is never released: that is logged and nothing is emitted.
+    """
+    now = clock.now()
+    reservation = Reservation.objects.using(DB).select_for_update().filter(order_id=order_id).first()
+    changed = reservation is None or reservation.status == Reservation.Status.ACTIVE
+    if reservation is None:
+        reservation = Reservation.objects.using(DB).create(
+            order_id=order_id, status=Reservation.Status.RELEASED, expires_at=now,
+            release_reason=f"released before any stock was reserved: {reason}"[:500],
+            created_at=now, updated_at=now)
+    elif reservation.status == Reservation.Status.ACTIVE:
+        _stock_return(reservation, now)
+        reservation.status = Reservation.Status.RELEASED
+        reservation.release_reason = reason[:500]
+        reservation.updated_at = now
+        reservation.save(using=DB, update_fields=["status", "release_reason", "updated_at"])
+    elif reservation.status == Reservation.Status.COMMITTED:
+        log.error("release refused: reservation already committed orderId=%s reservationId=%s",
+                  order_id, reservation.id)
+        return reservation
+    if changed or answer:
+        _reservation_announce(reservation)
+    return reservation
+
+
+def stock_commit(*, order_id: str) -> Reservation | None:
+    """The order is confirmed: its reserved stock leaves for good (reserved -> sold).
+
+    If the reservation had expired or been released meanwhile, the stock is taken again from
+    what is available when there is enough; otherwise the shortfall is logged as an error for
+    ops (the order was confirmed with money taken).
+    """
+    now = clock.now()
+    reservation = Reservation.objects.using(DB).select_for_update().filter(order_id=order_id).first()
+    if reservation is None or reservation.status == Reservation.Status.COMMITTED:
+        if reservation is None:
+            log.error("commit for an order with no reservation orderId=%s", order_id)
+        return reservation
+    items = list(reservation.items.all())
+    products = _locked_products(i.product_id for i in items)
+    was_active = reservation.status == Reservation.Status.ACTIVE
+    if not was_active:
+        short = [i.product_id for i in items if products[i.product_id].available_quantity < i.quantity]
+        if short:
+            log.error("confirmed order lost its stock orderId=%s reservation=%s short=%s",
+                      order_id, reservation.status, short)
+            return reservation
+    for item in items:
+        product = products[item.product_id]
+        if was_active:
+            product.reserved_quantity -= item.quantity
+        else:
+            product.available_quantity -= item.quantity
+        product.sold_quantity += item.quantity
+        product.updated_at = now
+    Product.objects.using(DB).bulk_update(
+        products.values(), ["available_quantity", "reserved_quantity", "sold_quantity", "updated_at"])
+    reservation.status = Reservation.Status.COMMITTED
+    reservation.updated_at = now
+    reservation.save(using=DB, update_fields=["status", "updated_at"])
+    return reservation
+
+
+def reservations_expire_sweep(*, limit: int = 200) -> int:
+    """Expire ACTIVE reservations past their TTL (stock back, inventory.released). Returns how many."""
+    now = clock.now()
+    expired = 0
+    with transaction.atomic(using=DB, durable=True):
+        due = list(Reservation.objects.using(DB).select_for_update(skip_locked=True)
+                   .filter(status=Reservation.Status.ACTIVE, expires_at__lte=now)
+                   .order_by("expires_at")[:limit])
+        for reservation in due:
+            _stock_return(reservation, now)
+            reservation.status = Reservation.Status.EXPIRED
+            reservation.release_reason = "reservation expired"
+            reservation.updated_at = now
+            reservation.save(using=DB, update_fields=["status", "release_reason", "updated_at"])
+            _reservation_announce(reservation)
+            log.info("reservation expired orderId=%s reservationId=%s", reservation.order_id, reservation.id)
+            expired += 1
+    return expired
+
+
+def product_stock_set(*, product_id: str, name: str, available_quantity: int) -> tuple[Product, bool]:
+    """Set a product's available stock (creating the product if needed). Returns (product, created).
+
+    `stocked_quantity` moves by the same difference, so available + reserved + sold == stocked.
+    """
+    if available_quantity < 0:
+        raise InvalidStockError("availableQuantity must not be negative",
+                                fields={"availableQuantity": "must not be negative"})
+    now = clock.now()
+    with transaction.atomic(using=DB, durable=True):
+        product = Product.objects.using(DB).select_for_update().filter(product_id=product_id).first()
+        created = product is None
+        if created:
+            product = Product(product_id=product_id)
+        product.stocked_quantity += available_quantity - product.available_quantity
+        product.available_quantity = available_quantity
+        product.name = name
+        product.updated_at = now
+        product.save(using=DB)
+    return product, created

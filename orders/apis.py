@@ -1,0 +1,166 @@
+"""Orders HTTP API (thin: validate, call one service or selector, format)."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from a4co.api import ApiPagination, MoneyField, StrictIntegerField
+from a4co.money import SUPPORTED_CURRENCIES, currency_exponent
+from orders.models import Order
+from orders.selectors import order_get, order_list
+from orders.services import OrderLine, order_cancel, order_place
+
+IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
+
+
+class OrderOutputSerializer(serializers.Serializer):
+    orderId = serializers.UUIDField(source="id")
+    customerId = serializers.CharField(source="customer_id")
+    items = serializers.SerializerMethodField()
+    totalAmount = MoneyField(source="total_amount")
+    currency = serializers.CharField()
+    status = serializers.CharField()
+    paymentMethod = serializers.CharField(source="payment_method")
+    reservationTtlSeconds = serializers.IntegerField(source="reservation_ttl_seconds")
+    cancellationReason = serializers.CharField(source="cancellation_reason", allow_null=True)
+    failureReason = serializers.CharField(source="failure_reason", allow_null=True)
+    paymentId = serializers.CharField(source="payment_id", allow_null=True)
+    reservationId = serializers.CharField(source="reservation_id", allow_null=True)
+    createdAt = serializers.DateTimeField(source="created_at")
+    updatedAt = serializers.DateTimeField(source="updated_at")
+
+    def get_items(self, order: Order) -> list[dict]:
+        return [{"productId": item.product_id, "quantity": item.quantity,
+                 "unitPrice": f"{item.unit_price:.2f}", "lineTotal": f"{item.line_total:.2f}"}
+                for item in order.items.all()]
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        for key in ("cancellationReason", "failureReason", "paymentId", "reservationId"):
+            data[key] = data[key] or None  # "" in the database reads as "not set"
+        return data
+
+
+def _owner_scope(request) -> int | None:
+    """Staff see every order; everybody else only the orders they placed."""
+    return None if request.user.is_staff else request.user.id
+
+
+class OrdersApi(APIView):
+    """POST /api/v1/orders places an order; GET lists orders (filters: status, customerId)."""
+
+    class ItemInputSerializer(serializers.Serializer):
+        productId = serializers.RegexField(IDENTIFIER, max_length=64)
+        quantity = StrictIntegerField(min_value=1, max_value=settings.ORDER_MAX_QUANTITY)
+        unitPrice = MoneyField(max_value=settings.ORDER_MAX_UNIT_PRICE)
+
+    class CreateInputSerializer(serializers.Serializer):
+        customerId = serializers.CharField(max_length=64, trim_whitespace=True)
+        items = serializers.ListField(min_length=1, max_length=settings.ORDER_MAX_ITEMS)
+        paymentMethod = serializers.RegexField(r"^[A-Za-z0-9_]+$", max_length=100, default="pm_card_visa")
+        currency = serializers.CharField(default="EUR", max_length=3)
+        totalAmount = MoneyField(required=False)
+        reservationTtlSeconds = StrictIntegerField(
+            required=False, min_value=settings.PAYMENT_TIMEOUT_SECONDS + 1,
+            max_value=settings.RESERVATION_TTL_MAX_SECONDS,
+            error_messages={"min_value": "Must be longer than the payment timeout "
+                                         f"({settings.PAYMENT_TIMEOUT_SECONDS}s)."})
+
+        def validate_items(self, items):
+            validated, errors = [], {}
+            for index, raw in enumerate(items):
+                serializer = OrdersApi.ItemInputSerializer(data=raw)
+                if serializer.is_valid():
+                    validated.append(serializer.validated_data)
+                else:
+                    errors[index] = serializer.errors
+            if errors:
+                raise serializers.ValidationError(errors)
+            return validated
+
+        def validate_currency(self, value: str) -> str:
+            value = value.upper()
+            if value not in SUPPORTED_CURRENCIES:
+                raise serializers.ValidationError(
+                    f"Unsupported currency; use one of {', '.join(sorted(SUPPORTED_CURRENCIES))}.")
+            return value
+
+        def validate(self, data):
+            exponent = currency_exponent(data["currency"])
+            for index, item in enumerate(data["items"]):
+                if item["unitPrice"] != item["unitPrice"].quantize(Decimal(1).scaleb(-exponent)):
+                    raise serializers.ValidationError(
+                        {"items": {index: {"unitPrice": [f"{data['currency']} allows {exponent} decimals."]}}})
+            total = sum(item["unitPrice"] * item["quantity"] for item in data["items"])
+            if "totalAmount" in data and data["totalAmount"] != total:
+                raise serializers.ValidationError(
+                    {"totalAmount": [f"Does not match the items: they add up to {total:.2f}."]})
+            return data
+
+    class ListFilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=Order.Status.values, required=False)
+        customerId = serializers.CharField(max_length=64, required=False)
+
+    def post(self, request):
+        payload = self.CreateInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        key = request.headers.get("Idempotency-Key") or None
+        if key is not None and not (0 < len(key) <= 255):
+            raise serializers.ValidationError({"Idempotency-Key": ["At most 255 characters."]})
+        result = order_place(
+            owner_id=request.user.id, customer_id=data["customerId"],
+            lines=[OrderLine(product_id=i["productId"], quantity=i["quantity"], unit_price=i["unitPrice"])
+                   for i in data["items"]],
+            currency=data["currency"], payment_method=data["paymentMethod"],
+            reservation_ttl_seconds=data.get("reservationTtlSeconds"), idempotency_key=key)
+        order = order_get(order_id=str(result.order.id))
+        headers = {"Location": request.build_absolute_uri(f"/api/v1/orders/{order.id}")}
+        if not result.created:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(OrderOutputSerializer(order).data,
+                        status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+                        headers=headers)
+
+    def get(self, request):
+        filters = self.ListFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        orders = order_list(owner_id=_owner_scope(request), status=filters.validated_data.get("status"),
+                            customer_id=filters.validated_data.get("customerId"))
+        paginator = ApiPagination()
+        page = paginator.paginate_queryset(orders, request, view=self)
+        return paginator.get_paginated_response(OrderOutputSerializer(page, many=True).data)
+
+
+class OrderDetailApi(APIView):
+    """GET /api/v1/orders/{orderId}: 404 for unknown, malformed or somebody else's ids."""
+
+    def get(self, request, order_id: str):
+        order = order_get(order_id=order_id, owner_id=_owner_scope(request))
+        if order is None:
+            raise NotFound("Order not found.")
+        return Response(OrderOutputSerializer(order).data)
+
+
+class OrderCancelApi(APIView):
+    """POST /api/v1/orders/{orderId}/cancel: 202 compensating, 200 already ended, 409 confirmed."""
+
+    class InputSerializer(serializers.Serializer):
+        reason = serializers.CharField(max_length=300, required=False, default="cancelled by the client",
+                                       allow_blank=True)
+
+    def post(self, request, order_id: str):
+        if order_get(order_id=order_id, owner_id=_owner_scope(request)) is None:
+            raise NotFound("Order not found.")
+        payload = self.InputSerializer(data=request.data or {})
+        payload.is_valid(raise_exception=True)
+        result = order_cancel(order_id=order_id, reason=payload.validated_data["reason"] or "cancelled by the client",
+                              owner_id=_owner_scope(request))
+        order = order_get(order_id=order_id)
+        return Response(OrderOutputSerializer(order).data,
+                        status=status.HTTP_202_ACCEPTED if result.accepted else status.HTTP_200_OK)

@@ -1,0 +1,26 @@
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from rest_framework.authtoken.models import Token
+
+
+class Command(BaseCommand):
+    help = ("Print the API token of USERNAME (creating the user and the token if needed). "
+            "Only the key is printed, so `TOKEN=$(manage.py api_token alice)` works.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("username", help="The API user; created without a password if missing.")
+        parser.add_argument("--staff", action="store_true",
+                            help="Make the user staff (reads every order, manages stock and sagas).")
+
+    def handle(self, *args, username: str, staff: bool, **options):
+        username = username.strip()
+        if not username or len(username) > 150:
+            raise CommandError("USERNAME must be 1 to 150 characters")
+        user, created = get_user_model().objects.get_or_create(username=username)
+        if created:
+            user.set_unusable_password()
+        if staff and not user.is_staff:
+            user.is_staff = True
+        user.save()
+        token, _ = Token.objects.get_or_create(user=user)
+        self.stdout.write(token.key)

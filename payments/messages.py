@@ -1,0 +1,58 @@
+"""The Payment Service's public contract: commands it accepts and events it emits."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from decimal import Decimal
+
+from infra.messages import Message
+
+
+@dataclasses.dataclass(frozen=True)
+class PaymentProcessRequest(Message):
+    """Command: charge `amount` for the order (at most once, whatever the redeliveries)."""
+
+    SUBJECT = "payments.process_request"
+    order_id: str
+    customer_id: str
+    amount: Decimal
+    currency: str = "EUR"
+    payment_method: str = "pm_card_visa"
+
+
+@dataclasses.dataclass(frozen=True)
+class PaymentSucceeded(Message):
+    SUBJECT = "payments.succeeded"
+    order_id: str
+    payment_id: str
+    amount: Decimal
+    stripe_payment_intent_id: str
+    currency: str = "EUR"
+
+
+@dataclasses.dataclass(frozen=True)
+class PaymentFailed(Message):
+    SUBJECT = "payments.failed"
+    order_id: str
+    reason: str
+    timestamp: dt.datetime
+    payment_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PaymentRefundRequest(Message):
+    """Command: give back whatever was charged for the order (exactly once)."""
+
+    SUBJECT = "payments.refund_request"
+    order_id: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PaymentRefunded(Message):
+    SUBJECT = "payments.refunded"
+    order_id: str
+    payment_id: str
+    amount: Decimal
+    reason: str
+    stripe_refund_id: str | None = None

@@ -1,0 +1,129 @@
+"""Payment writes: one payment per order, charged at most once, refunded at most once.
+
+The Stripe calls happen outside any database transaction (a slow Stripe must not hold row
+locks); the state that makes retries safe is committed around them:
+1. `payment_prepare` commits the payment row (unique per order) before Stripe is called;
+2. `payment_charge` creates the PaymentIntent once and commits its id before confirming it, so
+   every retry confirms that same intent; the Stripe idempotency keys derive from the order id;
+3. the outcome is written, and the event announced, in the consumer's effect transaction.
+"""
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+from django.db import transaction
+
+from a4co import clock
+from a4co.money import to_minor_units
+from infra.outbox import outbox_append
+from payments import stripe_gateway as gateway
+from payments.messages import PaymentFailed, PaymentRefunded, PaymentSucceeded
+from payments.models import OutboxMessage, Payment
+
+log = logging.getLogger(__name__)
+DB = "payments"
+OPEN = (Payment.Status.PROCESSING, Payment.Status.REQUIRES_ACTION)
+
+
+def payment_prepare(*, order_id: str, customer_id: str, amount: Decimal, currency: str,
+                    payment_method: str) -> Payment:
+    """Get or create the order's payment row (committed). A repeated request keeps the first amount."""
+    with transaction.atomic(using=DB, durable=True):
+        payment, created = Payment.objects.using(DB).get_or_create(order_id=order_id, defaults={
+            "customer_id": customer_id, "amount": amount, "currency": currency.upper(),
+            "payment_method": payment_method})
+    if not created and (payment.amount != amount or payment.currency != currency.upper()):
+        log.error("payment request differs from the first one orderId=%s first=%s %s now=%s %s",
+                  order_id, payment.amount, payment.currency, amount, currency)
+    return payment
+
+
+def _payment_update(payment: Payment, *, only_if: tuple, **fields) -> Payment:
+    fields["updated_at"] = clock.now()
+    with transaction.atomic(using=DB, durable=True):
+        Payment.objects.using(DB).filter(id=payment.id, status__in=only_if).update(**fields)
+        return Payment.objects.using(DB).get(id=payment.id)
+
+
+def payment_charge(*, payment: Payment) -> Payment:
+    """Charge an open payment through Stripe and commit the outcome; returns the fresh row.
+
+    Raises GatewayUnavailableError when the outcome is unknown or temporary (the caller
+    retries later with the same PaymentIntent).
+    """
+    if payment.status not in OPEN:
+        return payment
+    key = f"a4co-order-{payment.order_id}"
+    if not payment.stripe_payment_intent_id:
+        try:
+            intent = gateway.payment_intent_create(
+                amount_minor=to_minor_units(payment.amount, payment.currency), currency=payment.currency,
+                payment_method=payment.payment_method, order_id=payment.order_id,
+                customer_id=payment.customer_id, idempotency_key=f"{key}-create")
+        except gateway.GatewayRejectedError as exc:
+            return _payment_update(payment, only_if=OPEN, status=Payment.Status.FAILED,
+                                   failure_reason=f"payment rejected by Stripe: {exc}"[:500])
+        with transaction.atomic(using=DB, durable=True):
+            # A concurrent delivery may have stored its intent first: that one wins.
+            Payment.objects.using(DB).filter(id=payment.id, stripe_payment_intent_id="").update(
+                stripe_payment_intent_id=intent.id, updated_at=clock.now())
+            payment = Payment.objects.using(DB).get(id=payment.id)
+    payment = _payment_update(payment, only_if=OPEN, attempts=payment.attempts + 1)
+    try:
+        state = gateway.payment_intent_confirm(intent_id=payment.stripe_payment_intent_id,
+                                               idempotency_key=f"{key}-confirm")
+    except gateway.GatewayRejectedError as exc:
+        return _payment_update(payment, only_if=OPEN, status=Payment.Status.FAILED,
+                               failure_reason=f"payment rejected by Stripe: {exc}"[:500])
+    if state.status == "succeeded":
+        return _payment_update(payment, only_if=OPEN, status=Payment.Status.SUCCEEDED, failure_reason="")
+    if state.declined or state.status in ("requires_payment_method", "canceled"):
+        reason = f"card declined ({state.decline_code or state.status})"
+        if state.decline_message:
+            reason += f": {state.decline_message}"
+        return _payment_update(payment, only_if=OPEN, status=Payment.Status.FAILED, failure_reason=reason[:500])
+    if state.status == "requires_action":
+        return _payment_update(payment, only_if=OPEN, status=Payment.Status.REQUIRES_ACTION,
+                               failure_reason="waiting for customer authentication (3-D Secure)")
+    raise gateway.GatewayUnavailableError(f"payment intent {state.id} is {state.status}; outcome not known yet")
+
+
+def payment_outcome_announce(*, payment: Payment) -> None:
+    """Emit the event for a settled payment (in the caller's transaction); open payments emit nothing."""
+    if payment.status == Payment.Status.SUCCEEDED:
+        outbox_append(OutboxMessage, PaymentSucceeded(
+            order_id=payment.order_id, payment_id=str(payment.id), amount=payment.amount,
+            stripe_payment_intent_id=payment.stripe_payment_intent_id, currency=payment.currency),
+            aggregate_id=payment.order_id)
+    elif payment.status == Payment.Status.FAILED:
+        outbox_append(OutboxMessage, PaymentFailed(
+            order_id=payment.order_id, reason=payment.failure_reason, timestamp=clock.now(),
+            payment_id=str(payment.id)), aggregate_id=payment.order_id)
+    elif payment.status == Payment.Status.REFUNDED:
+        payment_refund_announce(payment=payment)
+
+
+def payment_refund(*, order_id: str, reason: str) -> Payment | None:
+    """Refund the whole charged amount of the order's payment, once. Returns the fresh row.
+
+    Only a SUCCEEDED payment is refunded; any other state is left alone (nothing was kept).
+    Raises GatewayUnavailableError when Stripe cannot be reached (retry later).
+    """
+    payment = Payment.objects.using(DB).filter(order_id=order_id).first()
+    if payment is None or payment.status != Payment.Status.SUCCEEDED:
+        return payment
+    refund_id = gateway.refund_ensure(
+        intent_id=payment.stripe_payment_intent_id, amount_minor=to_minor_units(payment.amount, payment.currency),
+        order_id=order_id, idempotency_key=f"a4co-order-{order_id}-refund")
+    return _payment_update(payment, only_if=(Payment.Status.SUCCEEDED,), status=Payment.Status.REFUNDED,
+                           refunded_amount=payment.amount, stripe_refund_id=refund_id, refund_reason=reason[:500])
+
+
+def payment_refund_announce(*, payment: Payment) -> None:
+    outbox_append(OutboxMessage, PaymentRefunded(
+        order_id=payment.order_id, payment_id=str(payment.id), amount=payment.refunded_amount,
+        reason=payment.refund_reason, stripe_refund_id=payment.stripe_refund_id or None),
+        aggregate_id=payment.order_id)
+
+

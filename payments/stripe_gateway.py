@@ -1,0 +1,144 @@
+"""The one module that talks to Stripe (imports `stripe`). Amounts cross it as integer minor units.
+
+Contract of every function:
+- returns a plain `IntentState` / refund id, never a stripe object;
+- a card decline is an answer, not an error (`IntentState.declined`);
+- anything that leaves the outcome unknown or temporary (timeout, connection error, 5xx,
+  429, an API error we cannot classify) raises `GatewayUnavailableError`: the caller retries
+  with the same PaymentIntent, never creates a second one for the order.
+Stripe's own network retries are off: retries are ours, driven by the message redelivery.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import stripe
+from django.conf import settings
+
+
+class GatewayUnavailableError(RuntimeError):
+    """Stripe could not be reached or answered with a temporary error; retry later."""
+
+
+class GatewayRejectedError(RuntimeError):
+    """Stripe refused the request for good (invalid parameters); retrying will not help."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IntentState:
+    id: str
+    status: str  # Stripe's PaymentIntent status, or "declined"
+    amount_minor: int
+    currency: str
+    decline_code: str = ""
+    decline_message: str = ""
+
+    @property
+    def declined(self) -> bool:
+        return self.status == "declined"
+
+
+_local = threading.local()
+
+
+def _client() -> stripe.StripeClient:
+    # One client per thread: the requests session inside is not meant to be shared.
+    client = getattr(_local, "client", None)
+    if client is None:
+        client = stripe.StripeClient(
+            settings.STRIPE_SECRET_KEY,
+            base_addresses={"api": settings.STRIPE_API_BASE},
+            max_network_retries=0,
+            http_client=stripe.RequestsClient(timeout=settings.STRIPE_TIMEOUT_SECONDS),
+        )
+        _local.client = client
+    return client
+
+
+def _state(intent) -> IntentState:
+    error = getattr(intent, "last_payment_error", None) or {}
+    return IntentState(id=intent.id, status=intent.status, amount_minor=int(intent.amount),
+                       currency=str(intent.currency).upper(),
+                       decline_code=str(error.get("decline_code") or error.get("code") or "") if error else "",
+                       decline_message=str(error.get("message") or "") if error else "")
+
+
+def _call(func, *args, **kwargs):
+    try:
+        return func(*args, **kwargs)
+    except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+        raise GatewayUnavailableError(f"stripe unreachable: {exc.user_message or exc}") from exc
+    except stripe.APIError as exc:
+        raise GatewayUnavailableError(f"stripe error {exc.http_status}: {exc.user_message or exc}") from exc
+    except stripe.AuthenticationError as exc:
+        raise GatewayUnavailableError("stripe rejected our API key (check STRIPE_SECRET_KEY)") from exc
+
+
+def payment_intent_create(*, amount_minor: int, currency: str, payment_method: str, order_id: str,
+                          customer_id: str, idempotency_key: str) -> IntentState:
+    """Create an unconfirmed PaymentIntent for `payment_method` (nothing is charged yet).
+
+    An unknown payment method raises GatewayRejectedError (a permanent failure)."""
+    try:
+        intent = _call(_client().v1.payment_intents.create, params={
+            "amount": amount_minor,
+            "currency": currency.lower(),
+            "payment_method_types": ["card"],
+            "payment_method": payment_method,
+            "metadata": {"order_id": order_id, "customer_id": customer_id},
+        }, options={"idempotency_key": idempotency_key})
+    except stripe.InvalidRequestError as exc:
+        raise GatewayRejectedError(f"stripe refused the PaymentIntent: {exc.user_message or exc}") from exc
+    return _state(intent)
+
+
+def payment_intent_confirm(*, intent_id: str, idempotency_key: str) -> IntentState:
+    """Confirm (charge) the PaymentIntent with the payment method it was created with.
+
+    A card decline returns `IntentState(status="declined")`. Confirming an intent that is no
+    longer confirmable (it already succeeded, e.g. a retry after a lost answer) returns its
+    current state instead of failing.
+    """
+    try:
+        intent = _call(_client().v1.payment_intents.confirm, intent_id,
+                       options={"idempotency_key": idempotency_key})
+    except stripe.CardError as exc:
+        error = exc.error
+        return IntentState(id=intent_id, status="declined", amount_minor=0, currency="",
+                           decline_code=str(getattr(error, "decline_code", None) or exc.code or "card_error"),
+                           decline_message=str(exc.user_message or getattr(error, "message", "") or exc))
+    except stripe.InvalidRequestError as exc:
+        current = payment_intent_retrieve(intent_id=intent_id)
+        if current.status in ("succeeded", "processing", "requires_action", "requires_capture", "canceled"):
+            return current
+        raise GatewayRejectedError(f"stripe refused the confirmation: {exc.user_message or exc}") from exc
+    return _state(intent)
+
+
+def payment_intent_retrieve(*, intent_id: str) -> IntentState:
+    try:
+        intent = _call(_client().v1.payment_intents.retrieve, intent_id)
+    except stripe.InvalidRequestError as exc:
+        raise GatewayRejectedError(f"stripe does not know PaymentIntent {intent_id}: {exc}") from exc
+    return _state(intent)
+
+
+def refund_ensure(*, intent_id: str, amount_minor: int, order_id: str, idempotency_key: str) -> str:
+    """Refund `amount_minor` of the PaymentIntent exactly once; returns the refund id.
+
+    Looks for a refund we made earlier (metadata order_id) before creating one, because not
+    every Stripe-compatible server honours Idempotency-Key.
+    """
+    client = _client()
+    existing = _call(client.v1.refunds.list, params={"payment_intent": intent_id, "limit": 100})
+    for refund in existing.data:
+        if (refund.metadata or {}).get("order_id") == order_id and refund.status != "failed":
+            return refund.id
+    try:
+        refund = _call(client.v1.refunds.create, params={
+            "payment_intent": intent_id, "amount": amount_minor, "metadata": {"order_id": order_id},
+        }, options={"idempotency_key": idempotency_key})
+    except stripe.InvalidRequestError as exc:
+        raise GatewayRejectedError(f"stripe refused the refund: {exc.user_message or exc}") from exc
+    return refund.id

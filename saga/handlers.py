@@ -1,0 +1,58 @@
+"""The orchestrator's message handlers: participant events -> `saga_apply`.
+
+Each runs inside the consumer runner's transaction on `orders`, after the inbox recorded the
+event id; a duplicate never reaches here, and a late or out-of-order event is recorded by the
+engine as ignored.
+"""
+from __future__ import annotations
+
+from inventory.messages import InventoryOutOfStock, InventoryReleased, InventoryReserved
+from payments.messages import PaymentFailed, PaymentRefunded, PaymentSucceeded
+from saga.definition import Trigger
+from saga.services import saga_apply
+
+
+def handle_inventory_reserved(message: InventoryReserved) -> None:
+    saga_apply(order_id=message.order_id, trigger=Trigger.INVENTORY_RESERVED,
+               reservation_id=message.reservation_id,
+               detail={"reservationId": message.reservation_id, "expiresAt": message.expires_at.isoformat()})
+
+
+def handle_inventory_out_of_stock(message: InventoryOutOfStock) -> None:
+    short = ", ".join(f"{item.get('productId')} (requested {item.get('requested')}, "
+                      f"available {item.get('available')})" for item in message.unavailable_items)
+    saga_apply(order_id=message.order_id, trigger=Trigger.INVENTORY_OUT_OF_STOCK,
+               reason=f"out of stock: {short}" if short else "out of stock",
+               detail={"unavailableItems": list(message.unavailable_items)})
+
+
+def handle_inventory_released(message: InventoryReleased) -> None:
+    saga_apply(order_id=message.order_id, trigger=Trigger.INVENTORY_RELEASED, reason=message.reason,
+               detail={"reservationId": message.reservation_id})
+
+
+def handle_payments_succeeded(message: PaymentSucceeded) -> None:
+    saga_apply(order_id=message.order_id, trigger=Trigger.PAYMENT_SUCCEEDED, payment_id=message.payment_id,
+               detail={"paymentId": message.payment_id, "amount": str(message.amount),
+                       "stripePaymentIntentId": message.stripe_payment_intent_id})
+
+
+def handle_payments_failed(message: PaymentFailed) -> None:
+    saga_apply(order_id=message.order_id, trigger=Trigger.PAYMENT_FAILED, reason=message.reason,
+               payment_id=message.payment_id or "", detail={"paymentId": message.payment_id})
+
+
+def handle_payments_refunded(message: PaymentRefunded) -> None:
+    saga_apply(order_id=message.order_id, trigger=Trigger.PAYMENT_REFUNDED, reason=message.reason,
+               detail={"paymentId": message.payment_id, "amount": str(message.amount),
+                       "stripeRefundId": message.stripe_refund_id})
+
+
+HANDLERS = {
+    "inventory.reserved": handle_inventory_reserved,
+    "inventory.out_of_stock": handle_inventory_out_of_stock,
+    "inventory.released": handle_inventory_released,
+    "payments.succeeded": handle_payments_succeeded,
+    "payments.failed": handle_payments_failed,
+    "payments.refunded": handle_payments_refunded,
+}

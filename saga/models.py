@@ -1,0 +1,80 @@
+"""One saga instance per order, and its step log (what happened, when, and why)."""
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+from a4co import clock
+from saga.definition import SagaStatus, Trigger
+from saga.engine import SagaState
+
+
+class SagaInstance(models.Model):
+    Status = models.TextChoices("Status", [(s.value, s.value) for s in SagaStatus])
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    order = models.OneToOneField("orders.Order", related_name="saga", on_delete=models.CASCADE)
+    status = models.CharField(max_length=24, choices=Status.choices, default=SagaStatus.STARTED)
+    current_step = models.CharField(max_length=40, default="reserve_inventory")
+    compensation_reason = models.CharField(max_length=500, blank=True, default="")
+    compensation_attempts = models.PositiveIntegerField(default=0)
+    saga_deadline_at = models.DateTimeField()
+    step_deadline_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField(null=True, blank=True,
+                                       help_text="Next moment the timeout sweep looks at it; empty once ended.")
+    events_ignored = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(default=clock.now)
+    updated_at = models.DateTimeField(default=clock.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [
+            models.Index(fields=["deadline_at"], condition=Q(deadline_at__isnull=False),
+                         name="saga_pending_deadline"),
+            models.Index(fields=["status"], name="saga_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Saga {self.id} ({self.status})"
+
+    def to_state(self) -> SagaState:
+        return SagaState(
+            status=SagaStatus(self.status),
+            saga_deadline_at=self.saga_deadline_at,
+            step_deadline_at=self.step_deadline_at,
+            compensation_reason=self.compensation_reason,
+            compensation_attempts=self.compensation_attempts,
+        )
+
+    def apply_state(self, state: SagaState) -> None:
+        self.status = state.status.value
+        self.current_step = state.current_step
+        self.saga_deadline_at = state.saga_deadline_at
+        self.step_deadline_at = state.step_deadline_at
+        self.deadline_at = state.next_deadline_at
+        self.compensation_reason = state.compensation_reason
+        self.compensation_attempts = state.compensation_attempts
+
+
+class SagaStep(models.Model):
+    Trigger = models.TextChoices("Trigger", [(t.value, t.value) for t in Trigger] + [("start", "start")])
+
+    saga = models.ForeignKey(SagaInstance, related_name="steps", on_delete=models.CASCADE)
+    step = models.CharField(max_length=40)
+    trigger = models.CharField(max_length=40)
+    outcome = models.CharField(max_length=80)
+    status_from = models.CharField(max_length=24, blank=True, default="")
+    status_to = models.CharField(max_length=24, blank=True, default="")
+    applied = models.BooleanField(default=True)
+    detail = models.JSONField(default=dict, blank=True)
+    event_id = models.CharField(max_length=100, blank=True, default="")
+    created_at = models.DateTimeField(default=clock.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.step}: {self.outcome}"
