@@ -15,6 +15,10 @@ ZERO_DECIMAL_CURRENCIES = frozenset(
 SUPPORTED_CURRENCIES = frozenset({"EUR", "USD", "GBP", "CHF", "SEK", "NOK", "DKK", "PLN", "JPY"})
 
 
+# Amounts are stored as NUMERIC(14, 2): twelve digits before the decimal point at most.
+MAX_AMOUNT_DIGITS = 12
+
+
 class MoneyError(ValueError):
     """An amount or currency that cannot be represented exactly."""
 
@@ -42,6 +46,8 @@ def parse_amount(value, *, currency: str = "EUR", allow_zero: bool = True) -> De
         raise MoneyError("must be a finite number")
     if amount < 0:
         raise MoneyError("must not be negative")
+    if amount.adjusted() >= MAX_AMOUNT_DIGITS:
+        raise MoneyError(f"must be below 10^{MAX_AMOUNT_DIGITS}")
     if amount == 0 and not allow_zero:
         raise MoneyError("must be greater than zero")
     exponent = currency_exponent(currency)

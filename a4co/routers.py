@@ -17,14 +17,9 @@ def alias_for_app(app_label: str) -> str:
     return settings.SERVICE_DATABASES.get(app_label, "default")
 
 
-def _database_identity(alias: str) -> tuple:
-    config = settings.DATABASES[alias]
-    return (config.get("ENGINE"), config.get("HOST") or "", str(config.get("PORT") or ""),
-            config.get("NAME"))
-
-
 def same_database(alias_a: str, alias_b: str) -> bool:
-    return alias_a == alias_b or _database_identity(alias_a) == _database_identity(alias_b)
+    identities = settings.DATABASE_IDENTITIES
+    return alias_a == alias_b or identities[alias_a] == identities[alias_b]
 
 
 class ServiceRouter:

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.apps import apps
 from django.conf import settings
-from django.db import close_old_connections, router, transaction
+from django.db import close_old_connections, connections, router, transaction
 from django.utils.module_loading import import_string
 
 from infra.messages import MalformedMessageError, message_parse
@@ -67,13 +67,22 @@ def backoff_seconds(num_delivered: int) -> float:
     return settings.CONSUMER_BACKOFF_BASE_SECONDS * (2 ** max(num_delivered - 1, 0))
 
 
+def _connections_refresh() -> None:
+    # Like Django's per-request close_old_connections(): drop broken or expired connections
+    # before handling (a restarted PostgreSQL must not fail every later message). Never
+    # touches a connection inside a transaction.
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
+
+
 def delivery_handle(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: str,
                     num_delivered: int) -> tuple[Outcome, str]:
     """Handle one delivery synchronously (in a worker thread). Never raises.
 
     Returns the outcome and, for RETRY/POISON, the reason.
     """
-    close_old_connections()
+    _connections_refresh()
     try:
         try:
             payload = json.loads(data)
@@ -136,7 +145,7 @@ class ConsumerRunner:
         self._stop.set()
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
-        async with jetstream_session(f"a4co-consumers-{os.getpid()}") as session:
+        async with jetstream_session(f"a4co-consumers-{os.getpid()}", wait_for_server=True) as session:
             await session.ensure(STREAMS, [route.consumer for route in self.routes])
             pulls = [await session.pull(route.consumer) for route in self.routes]
             if ready is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import importlib
 import types
 import typing
 from decimal import Decimal, InvalidOperation
@@ -133,6 +134,15 @@ def message_envelope(message: Message, *, event_id: str, occurred_at: dt.datetim
     }
 
 
+def _registry() -> dict[str, type[Message]]:
+    # Importing the contract modules registers their classes (Message.__init_subclass__).
+    from django.conf import settings
+
+    for module in settings.MESSAGE_MODULES:
+        importlib.import_module(module)
+    return _REGISTRY
+
+
 def message_parse(subject: str, data: Any) -> Message:
     """Decode a wire object for `subject` into its message class.
 
@@ -141,7 +151,7 @@ def message_parse(subject: str, data: Any) -> Message:
     """
     if not isinstance(data, dict):
         raise MalformedMessageError(f"{subject}: payload is not a JSON object")
-    cls = _REGISTRY.get(subject)
+    cls = _registry().get(subject)
     if cls is None:
         raise MalformedMessageError(f"unknown message type {subject!r}")
     version = data.get("schemaVersion", cls.SCHEMA_VERSION)
@@ -153,9 +163,5 @@ def message_parse(subject: str, data: Any) -> Message:
     return cls.from_payload(data)
 
 
-def message_class(subject: str) -> type[Message]:
-    return _REGISTRY[subject]
-
-
 def registered_subjects() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_registry())

@@ -67,20 +67,23 @@ class ConsumerSpec:
     subjects: tuple[str, ...]
 
 
-def _connect_options(name: str) -> dict[str, Any]:
+def _connect_options(name: str, *, reconnect_attempts: int) -> dict[str, Any]:
     return {
         "servers": [settings.NATS_URL],
         "name": name,
         "connect_timeout": settings.NATS_CONNECT_TIMEOUT_SECONDS,
         "allow_reconnect": True,
-        "max_reconnect_attempts": -1,
+        # nats-py applies this to the first connect too: -1 waits for the server forever.
+        "max_reconnect_attempts": reconnect_attempts,
         "reconnect_time_wait": 0.5,
     }
 
 
-async def _connect(name: str):
+async def _connect(name: str, *, reconnect_attempts: int = 3):
+    """Connect to NATS_URL. Raises NatsUnavailableError once `reconnect_attempts` are used up
+    (-1: keep trying forever, for long-running consumers)."""
     try:
-        return await nats.connect(**_connect_options(name))
+        return await nats.connect(**_connect_options(name, reconnect_attempts=reconnect_attempts))
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise NatsUnavailableError(f"cannot connect to NATS at {settings.NATS_URL}: {exc}") from exc
 
@@ -290,19 +293,6 @@ def nats_ping(timeout: float = 2.0) -> str:
         raise NatsUnavailableError(f"NATS at {settings.NATS_URL} unreachable: {exc!r}") from exc
 
 
-def stream_messages(stream: str) -> int:
-    """Number of messages currently stored in `stream` (for tests and ops)."""
-
-    async def _run():
-        nc = await _connect("a4co-info")
-        try:
-            return (await nc.jsm().stream_info(stream)).state.messages
-        finally:
-            await nc.close()
-
-    return asyncio.run(_run())
-
-
 # --- Consumer side (asyncio) -----------------------------------------------------------------
 
 
@@ -373,10 +363,59 @@ class JetStreamSession:
 
 
 @contextlib.asynccontextmanager
-async def jetstream_session(name: str) -> AsyncIterator[JetStreamSession]:
-    nc = await _connect(name)
+async def jetstream_session(name: str, *, wait_for_server: bool = False) -> AsyncIterator[JetStreamSession]:
+    """A connection for asyncio code. With `wait_for_server`, (re)connects forever instead of failing."""
+    nc = await _connect(name, reconnect_attempts=-1 if wait_for_server else 3)
     try:
         yield JetStreamSession(nc)
     finally:
-        with contextlib.suppress(Exception):
-            await nc.drain()
+        # close, not drain: every delivery was settled (acked/naked) by the caller already, and
+        # draining pull subscriptions waits out their pending fetch requests (up to 30 s).
+        await nc.close()
+
+
+# --- Ops and test helpers ------------------------------------------------------------------------
+
+
+def jetstream_delete_streams_destroying_data(names: Iterable[str]) -> None:
+    """DELETE the named streams and every message and consumer in them. For tests and ops resets."""
+
+    async def _run():
+        nc = await _connect("a4co-reset")
+        try:
+            jsm = nc.jsm()
+            for name in names:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await jsm.delete_stream(name)
+        finally:
+            await nc.close()
+
+    asyncio.run(_run())
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredMessage:
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+    sequence: int
+
+
+def jetstream_messages(stream: str) -> list[StoredMessage]:
+    """Every message stored in `stream`, in order (for tests and ops inspection; small streams only)."""
+
+    async def _run():
+        nc = await _connect("a4co-info")
+        try:
+            jsm = nc.jsm()
+            state = (await jsm.stream_info(stream)).state
+            messages = []
+            for seq in range(state.first_seq, state.last_seq + 1):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    raw = await jsm.get_msg(stream, seq)
+                    messages.append(StoredMessage(raw.subject, dict(raw.headers or {}), raw.data or b"", seq))
+            return messages
+        finally:
+            await nc.close()
+
+    return asyncio.run(_run())

@@ -106,6 +106,9 @@ DATABASES = {
     "inventory": _database(env_str("INVENTORY_DATABASE_URL", DATABASE_URL)),
     "payments": _database(env_str("PAYMENTS_DATABASE_URL", DATABASE_URL)),
 }
+# Which aliases share a physical database, fixed here because the test runner renames
+# databases one alias at a time (see a4co/routers.py).
+DATABASE_IDENTITIES = {alias: (c["HOST"], str(c["PORT"]), c["NAME"]) for alias, c in DATABASES.items()}
 DATABASE_ROUTERS = ["a4co.routers.ServiceRouter"]
 # app label -> database alias. Apps not listed live in `default`.
 SERVICE_DATABASES = {
@@ -128,6 +131,8 @@ CONSUMER_BACKOFF_BASE_SECONDS = float(env_str("CONSUMER_BACKOFF_BASE_SECONDS", "
 CONSUMER_FETCH_BATCH = env_int("CONSUMER_FETCH_BATCH", 32)
 RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 500)
 RELAY_PUBLISH_TIMEOUT_SECONDS = env_int("RELAY_PUBLISH_TIMEOUT_SECONDS", 5)
+# The public message contracts (each app's messages.py), registered by subject.
+MESSAGE_MODULES = ["orders.messages", "inventory.messages", "payments.messages"]
 # The outboxes the relay drains, one per service database (see infra/models.py).
 OUTBOX_MODELS = ["orders.OutboxMessage", "inventory.OutboxMessage", "payments.OutboxMessage"]
 
@@ -171,6 +176,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "a4co.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "NON_FIELD_ERRORS_KEY": "nonFieldErrors",
 }
 API_PAGE_SIZE_DEFAULT = 50
 API_PAGE_SIZE_MAX = 200

@@ -1,0 +1,13 @@
+"""Developer stack for the a4co Django project.
+
+``python -m devstack run``: embedded PostgreSQL, NATS JetStream, Redis and a
+Stripe stand-in with data under ``<repo>/.devstack/``, the Django setup steps,
+then web/worker/beat/consumers under a supervisor (see ``devstack.cli``).
+
+``python -m devstack test [pytest args]``: the same servers on free ports in a
+temporary directory, then pytest; everything is stopped and removed after.
+
+``devstack.servers`` starts single servers (for tests that need extra ones).
+Nothing here uses the machine's own PostgreSQL/Redis/NATS: all servers come
+from pip packages in the project's virtualenv.
+"""
