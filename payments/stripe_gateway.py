@@ -43,25 +43,34 @@ _local = threading.local()
 
 
 def _client() -> stripe.StripeClient:
-    # One client per thread: the requests session inside is not meant to be shared.
-    client = getattr(_local, "client", None)
-    if client is None:
+    # One client per thread (the requests session inside is not meant to be shared), rebuilt
+    # when the settings it was made from change.
+    config = (settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.STRIPE_TIMEOUT_SECONDS)
+    cached = getattr(_local, "client", None)
+    if cached is None or cached[0] != config:
         client = stripe.StripeClient(
             settings.STRIPE_SECRET_KEY,
             base_addresses={"api": settings.STRIPE_API_BASE},
             max_network_retries=0,
             http_client=stripe.RequestsClient(timeout=settings.STRIPE_TIMEOUT_SECONDS),
         )
-        _local.client = client
-    return client
+        cached = _local.client = (config, client)
+    return cached[1]
+
+
+def _as_dict(value) -> dict:
+    """A Stripe sub-object (or None) as a plain dict."""
+    if value is None:
+        return {}
+    return value.to_dict() if hasattr(value, "to_dict") else dict(value)
 
 
 def _state(intent) -> IntentState:
-    error = getattr(intent, "last_payment_error", None) or {}
+    error = _as_dict(getattr(intent, "last_payment_error", None))
     return IntentState(id=intent.id, status=intent.status, amount_minor=int(intent.amount),
                        currency=str(intent.currency).upper(),
-                       decline_code=str(error.get("decline_code") or error.get("code") or "") if error else "",
-                       decline_message=str(error.get("message") or "") if error else "")
+                       decline_code=str(error.get("decline_code") or error.get("code") or ""),
+                       decline_message=str(error.get("message") or ""))
 
 
 def _call(func, *args, **kwargs):
@@ -133,7 +142,7 @@ def refund_ensure(*, intent_id: str, amount_minor: int, order_id: str, idempoten
     client = _client()
     existing = _call(client.v1.refunds.list, params={"payment_intent": intent_id, "limit": 100})
     for refund in existing.data:
-        if (refund.metadata or {}).get("order_id") == order_id and refund.status != "failed":
+        if _as_dict(refund.metadata).get("order_id") == order_id and refund.status != "failed":
             return refund.id
     try:
         refund = _call(client.v1.refunds.create, params={

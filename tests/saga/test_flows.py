@@ -189,7 +189,7 @@ class TestDuplicatesAndLateEvents:
         (request,) = pending_rows({"payments.process_request"})
         # The same command arrives again under a new event id (e.g. republished by hand).
         from payments.models import OutboxMessage
-        from tests.pump import routes_for  # noqa: F401
+
         deliver(request)
         request.pk = None
         deliver(request)
@@ -204,8 +204,6 @@ class TestDuplicatesAndLateEvents:
     def test_ignored_events_are_in_the_step_log(self, api, staff_api, stock):
         order_id = place(api, ("oil", 1, "1"))
         pump()
-        (reserved,) = [r for r in pending_rows() if r.subject == "inventory.reserved"] or [None]
-        assert reserved is None
         steps = staff_api.get(f"/api/v1/sagas/{order_id}").json()["steps"]
         assert [s["statusTo"] for s in steps] == ["STARTED", "INVENTORY_RESERVED", "PAYMENT_PROCESSING",
                                                   "PAYMENT_SUCCEEDED", "COMPLETED"]
