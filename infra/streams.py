@@ -40,13 +40,13 @@ ROUTES = (
     ConsumerRoute(ConsumerSpec("inventory-service", "INVENTORY", ("inventory.release_request",)),
                   "inventory.handlers.HANDLERS", "inventory.InboxMessage"),
     ConsumerRoute(ConsumerSpec("payment-service", "PAYMENTS",
-                               ("payments.process_request", "payments.refund_request")),
+                               ("payments.process_request", "payments.cancel_request", "payments.refund_request")),
                   "payments.handlers.HANDLERS", "payments.InboxMessage"),
     ConsumerRoute(ConsumerSpec("order-service-inventory", "INVENTORY",
                                ("inventory.reserved", "inventory.out_of_stock", "inventory.released")),
                   "saga.handlers.HANDLERS", "orders.InboxMessage"),
     ConsumerRoute(ConsumerSpec("order-service-payment", "PAYMENTS",
-                               ("payments.succeeded", "payments.failed", "payments.refunded")),
+                               ("payments.succeeded", "payments.failed", "payments.cancelled", "payments.refunded")),
                   "saga.handlers.HANDLERS", "orders.InboxMessage"),
 )
 

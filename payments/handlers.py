@@ -1,17 +1,10 @@
-"""Payment's message handlers. Both call Stripe before writing, so they open their own effect
+"""Payment's message handlers. They call Stripe before writing, so they open their own effect
 transaction (see infra.consumers.handler_outside_transaction)."""
 from __future__ import annotations
 
 from infra.consumers import handler_outside_transaction
-from payments.messages import PaymentProcessRequest, PaymentRefundRequest
-from payments.models import Payment
-from payments.services import (
-    payment_charge,
-    payment_outcome_announce,
-    payment_prepare,
-    payment_refund,
-    payment_refund_announce,
-)
+from payments.messages import PaymentCancelRequest, PaymentProcessRequest, PaymentRefundRequest
+from payments.services import payment_charge, payment_outcome_announce, payment_prepare, payment_settle
 
 
 @handler_outside_transaction
@@ -25,14 +18,21 @@ def handle_payments_process_request(message: PaymentProcessRequest, *, effect) -
 
 
 @handler_outside_transaction
-def handle_payments_refund_request(message: PaymentRefundRequest, *, effect) -> None:
-    payment = payment_refund(order_id=message.order_id, reason=message.reason)
+def handle_payments_cancel_request(message: PaymentCancelRequest, *, effect) -> None:
+    payment = payment_settle(order_id=message.order_id, reason=message.reason)
     with effect():
-        if payment is not None and payment.status == Payment.Status.REFUNDED:
-            payment_refund_announce(payment=payment)
+        payment_outcome_announce(payment=payment)
+
+
+@handler_outside_transaction
+def handle_payments_refund_request(message: PaymentRefundRequest, *, effect) -> None:
+    payment = payment_settle(order_id=message.order_id, reason=message.reason)
+    with effect():
+        payment_outcome_announce(payment=payment)
 
 
 HANDLERS = {
     "payments.process_request": handle_payments_process_request,
+    "payments.cancel_request": handle_payments_cancel_request,
     "payments.refund_request": handle_payments_refund_request,
 }

@@ -45,6 +45,28 @@ class PaymentFailed(Message):
 
 
 @dataclasses.dataclass(frozen=True)
+class PaymentCancelRequest(Message):
+    """Command: the saga is compensating; make sure nothing is charged for the order. Cancels the
+    PaymentIntent if it can still be cancelled, refunds it if it was charged, and blocks a charge
+    that has not started yet. Answered by payments.cancelled or payments.refunded."""
+
+    SUBJECT = "payments.cancel_request"
+    KIND = "command"
+    order_id: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PaymentCancelled(Message):
+    """Nothing is (or will be) charged for the order: the payment was cancelled, failed, or never started."""
+
+    SUBJECT = "payments.cancelled"
+    order_id: str
+    reason: str
+    payment_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class PaymentRefundRequest(Message):
     """Command: give back whatever was charged for the order (exactly once)."""
 
@@ -56,7 +78,7 @@ class PaymentRefundRequest(Message):
 
 @dataclasses.dataclass(frozen=True)
 class PaymentRefunded(Message):
-    """A charge that arrived after the saga ended was refunded in full."""
+    """The order's charge was refunded in full (a compensation, or a charge that arrived late)."""
 
     SUBJECT = "payments.refunded"
     order_id: str

@@ -17,6 +17,7 @@ class Payment(models.Model):
         SUCCEEDED = "SUCCEEDED"
         FAILED = "FAILED"
         REFUNDED = "REFUNDED"
+        CANCELED = "CANCELED"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     order_id = models.CharField(max_length=64, unique=True)

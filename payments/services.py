@@ -18,12 +18,13 @@ from a4co import clock
 from a4co.money import to_minor_units
 from infra.outbox import outbox_append
 from payments import stripe_gateway as gateway
-from payments.messages import PaymentFailed, PaymentRefunded, PaymentSucceeded
+from payments.messages import PaymentCancelled, PaymentFailed, PaymentRefunded, PaymentSucceeded
 from payments.models import OutboxMessage, Payment
 
 log = logging.getLogger(__name__)
 DB = "payments"
 OPEN = (Payment.Status.PROCESSING, Payment.Status.REQUIRES_ACTION)
+SETTLED = (Payment.Status.FAILED, Payment.Status.CANCELED, Payment.Status.REFUNDED)
 
 
 def payment_prepare(*, order_id: str, customer_id: str, amount: Decimal, currency: str,
@@ -65,11 +66,16 @@ def payment_charge(*, payment: Payment) -> Payment:
             return _payment_update(payment, only_if=OPEN, status=Payment.Status.FAILED,
                                    failure_reason=f"payment rejected by Stripe: {exc}"[:500])
         with transaction.atomic(using=DB, durable=True):
-            # A concurrent delivery may have stored its intent first: that one wins.
-            Payment.objects.using(DB).filter(id=payment.id, stripe_payment_intent_id="").update(
+            # A concurrent delivery may have stored its intent first (that one wins), or the
+            # payment was cancelled meanwhile (the new intent stays unconfirmed: nothing charged).
+            Payment.objects.using(DB).filter(id=payment.id, status__in=OPEN, stripe_payment_intent_id="").update(
                 stripe_payment_intent_id=intent.id, updated_at=clock.now())
             payment = Payment.objects.using(DB).get(id=payment.id)
+        if payment.status not in OPEN:
+            return payment
     payment = _payment_update(payment, only_if=OPEN, attempts=payment.attempts + 1)
+    if payment.status not in OPEN:  # settled (cancelled) meanwhile: do not charge
+        return payment
     try:
         state = gateway.payment_intent_confirm(intent_id=payment.stripe_payment_intent_id,
                                                idempotency_key=f"{key}-confirm")
@@ -90,7 +96,8 @@ def payment_charge(*, payment: Payment) -> Payment:
 
 
 def payment_outcome_announce(*, payment: Payment) -> None:
-    """Emit the event for a settled payment (in the caller's transaction); open payments emit nothing."""
+    """Emit the event that describes the payment's state (in the caller's transaction); open
+    payments emit nothing."""
     if payment.status == Payment.Status.SUCCEEDED:
         outbox_append(OutboxMessage, PaymentSucceeded(
             order_id=payment.order_id, payment_id=str(payment.id), amount=payment.amount,
@@ -102,20 +109,54 @@ def payment_outcome_announce(*, payment: Payment) -> None:
             payment_id=str(payment.id)), aggregate_id=payment.order_id)
     elif payment.status == Payment.Status.REFUNDED:
         payment_refund_announce(payment=payment)
+    elif payment.status == Payment.Status.CANCELED:
+        outbox_append(OutboxMessage, PaymentCancelled(
+            order_id=payment.order_id, reason=payment.failure_reason, payment_id=str(payment.id)),
+            aggregate_id=payment.order_id)
 
 
-def payment_refund(*, order_id: str, reason: str) -> Payment | None:
-    """Refund the whole charged amount of the order's payment, once. Returns the fresh row.
+def payment_settle(*, order_id: str, reason: str) -> Payment:
+    """Make sure nothing is kept for the order; returns the settled row (CANCELED, FAILED or REFUNDED).
 
-    Only a SUCCEEDED payment is refunded; any other state is left alone (nothing was kept).
-    Raises GatewayUnavailableError when Stripe cannot be reached (retry later).
+    - no payment yet: a CANCELED row is written first, so a charge request arriving later
+      charges nothing;
+    - open, no PaymentIntent yet: CANCELED (a concurrent charge cannot store an intent on it);
+    - open with a PaymentIntent: cancelled at Stripe while it can be, refunded if it was charged;
+    - SUCCEEDED: refunded in full, exactly once.
+    Raises GatewayUnavailableError while Stripe cannot tell (retry later).
     """
-    payment = Payment.objects.using(DB).filter(order_id=order_id).first()
-    if payment is None or payment.status != Payment.Status.SUCCEEDED:
+    with transaction.atomic(using=DB, durable=True):
+        payment, created = Payment.objects.using(DB).get_or_create(order_id=order_id, defaults={
+            "customer_id": "", "amount": Decimal("0"), "currency": "", "payment_method": "",
+            "status": Payment.Status.CANCELED, "failure_reason": f"cancelled before any charge: {reason}"[:500]})
+    if created or payment.status in SETTLED:
         return payment
+    if payment.status in OPEN and not payment.stripe_payment_intent_id:
+        with transaction.atomic(using=DB, durable=True):
+            cancelled = Payment.objects.using(DB).filter(id=payment.id, status__in=OPEN,
+                                                         stripe_payment_intent_id="").update(
+                status=Payment.Status.CANCELED, failure_reason=f"cancelled before any charge: {reason}"[:500],
+                updated_at=clock.now())
+            payment = Payment.objects.using(DB).get(id=payment.id)
+        if cancelled:
+            return payment
+    if payment.status in OPEN:
+        state = gateway.payment_intent_cancel(intent_id=payment.stripe_payment_intent_id)
+        if state.status == "canceled" or state.status == "requires_payment_method":
+            return _payment_update(payment, only_if=OPEN, status=Payment.Status.CANCELED,
+                                   failure_reason=f"payment cancelled: {reason}"[:500])
+        if state.status != "succeeded":
+            raise gateway.GatewayUnavailableError(f"payment intent {state.id} is {state.status}; cannot settle yet")
+        payment = _payment_update(payment, only_if=OPEN, status=Payment.Status.SUCCEEDED)
+    if payment.status == Payment.Status.SUCCEEDED:
+        return _refund(payment, reason)
+    return payment
+
+
+def _refund(payment: Payment, reason: str) -> Payment:
     refund_id = gateway.refund_ensure(
         intent_id=payment.stripe_payment_intent_id, amount_minor=to_minor_units(payment.amount, payment.currency),
-        order_id=order_id, idempotency_key=f"a4co-order-{order_id}-refund")
+        order_id=payment.order_id, idempotency_key=f"a4co-order-{payment.order_id}-refund")
     return _payment_update(payment, only_if=(Payment.Status.SUCCEEDED,), status=Payment.Status.REFUNDED,
                            refunded_amount=payment.amount, stripe_refund_id=refund_id, refund_reason=reason[:500])
 

@@ -133,6 +133,22 @@ def payment_intent_retrieve(*, intent_id: str) -> IntentState:
     return _state(intent)
 
 
+CANCELLABLE = frozenset({"requires_payment_method", "requires_confirmation", "requires_action", "requires_capture"})
+
+
+def payment_intent_cancel(*, intent_id: str) -> IntentState:
+    """Cancel the PaymentIntent if it is still cancellable; returns its state either way."""
+    current = payment_intent_retrieve(intent_id=intent_id)
+    if current.status not in CANCELLABLE:
+        return current
+    try:
+        intent = _call(_client().v1.payment_intents.cancel, intent_id)
+    except stripe.InvalidRequestError:
+        # It moved on meanwhile (e.g. it was confirmed): report where it is now.
+        return payment_intent_retrieve(intent_id=intent_id)
+    return _state(intent)
+
+
 def refund_ensure(*, intent_id: str, amount_minor: int, order_id: str, idempotency_key: str) -> str:
     """Refund `amount_minor` of the PaymentIntent exactly once; returns the refund id.
 

@@ -1,13 +1,19 @@
 """The order saga, as data: its states, the steps with their actions and compensations, and the
 transition table the engine reads. Read it top to bottom as the saga's whole story.
 
-    reserve_inventory   action: orders.created            compensation: inventory.release_request
-    process_payment     action: payments.process_request  compensation: payments.refund_request
-    confirm_order       action: orders.confirmed          (final: no compensation)
+    step                action                            compensation (undo)
+    reserve_inventory   orders.created                    inventory.release_request -> inventory.released
+    process_payment     payments.process_request          payments.cancel_request   -> payments.cancelled | .refunded
+    confirm_order       orders.confirmed                  (final: no compensation)
 
 Happy path:   STARTED -> INVENTORY_RESERVED -> PAYMENT_PROCESSING -> PAYMENT_SUCCEEDED -> COMPLETED
 Out of stock: STARTED -> FAILED
-Compensation: PAYMENT_PROCESSING -> COMPENSATING -> COMPENSATED (payment failed, cancel, timeout)
+Compensation: -> COMPENSATING -> COMPENSATED (payment failed, cancel, timeout, reservation expired)
+              The steps that may have taken effect are undone in reverse order, one at a time:
+              the payment is settled first (cancelled, or refunded if it was charged), then the
+              stock is released. A compensation that is not answered is re-requested on each
+              deadline; after SAGA_COMPENSATION_MAX_ATTEMPTS it stops in COMPENSATION_FAILED
+              for ops to retry by hand.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ class SagaStatus(enum.StrEnum):
     FAILED = "FAILED"
     COMPENSATING = "COMPENSATING"
     COMPENSATED = "COMPENSATED"
+    COMPENSATION_FAILED = "COMPENSATION_FAILED"
 
 
 TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.COMPENSATED})
@@ -37,17 +44,20 @@ class Trigger(enum.StrEnum):
     INVENTORY_RELEASED = "inventory.released"
     PAYMENT_SUCCEEDED = "payments.succeeded"
     PAYMENT_FAILED = "payments.failed"
+    PAYMENT_CANCELLED = "payments.cancelled"
     PAYMENT_REFUNDED = "payments.refunded"
-    CANCEL = "cancel"    # POST /orders/{id}/cancel or an ops action
+    CANCEL = "cancel"    # POST /orders/{id}/cancel
     TIMEOUT = "timeout"  # the deadline sweep
+    RETRY = "retry"      # ops: retry a failed compensation
 
 
 class Effect(enum.StrEnum):
     """What the orchestrator does as a result; the services turn effects into outbox messages."""
 
     REQUEST_PAYMENT = "payments.process_request"
-    REQUEST_RELEASE = "inventory.release_request"
+    REQUEST_PAYMENT_CANCEL = "payments.cancel_request"
     REQUEST_REFUND = "payments.refund_request"
+    REQUEST_RELEASE = "inventory.release_request"
     CONFIRM_ORDER = "orders.confirmed"
     CANCEL_ORDER = "orders.cancelled"
     FAIL_ORDER = "orders.failed"
@@ -57,14 +67,19 @@ class Effect(enum.StrEnum):
 class Step:
     name: str
     action: str
-    compensation: str | None
+    compensation: Effect | None
+    compensated_by: frozenset[Trigger] = frozenset()
 
 
 STEPS = (
-    Step("reserve_inventory", action="orders.created", compensation=Effect.REQUEST_RELEASE),
-    Step("process_payment", action=Effect.REQUEST_PAYMENT, compensation=Effect.REQUEST_REFUND),
+    Step("reserve_inventory", action="orders.created", compensation=Effect.REQUEST_RELEASE,
+         compensated_by=frozenset({Trigger.INVENTORY_RELEASED})),
+    # A payment that failed, was cancelled before it was charged, or was refunded is undone.
+    Step("process_payment", action=Effect.REQUEST_PAYMENT, compensation=Effect.REQUEST_PAYMENT_CANCEL,
+         compensated_by=frozenset({Trigger.PAYMENT_CANCELLED, Trigger.PAYMENT_REFUNDED, Trigger.PAYMENT_FAILED})),
     Step("confirm_order", action=Effect.CONFIRM_ORDER, compensation=None),
 )
+STEP = {step.name: step for step in STEPS}
 
 # Which step a status is waiting on (shown to ops as the saga's current step).
 CURRENT_STEP = {
@@ -76,62 +91,55 @@ CURRENT_STEP = {
     SagaStatus.FAILED: "reserve_inventory",
     SagaStatus.COMPENSATING: "compensation",
     SagaStatus.COMPENSATED: "compensation",
+    SagaStatus.COMPENSATION_FAILED: "compensation",
 }
-
-
-class Compensation(enum.StrEnum):
-    """How a rule changes the compensation bookkeeping."""
-
-    NONE = "none"
-    BEGIN = "begin"    # entering COMPENSATING: remember why
-    RETRY = "retry"    # compensation re-requested (its deadline passed)
 
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
+    """`trigger` in a `source` status: enter `path` and emit `effects`; or, with `undo`, start
+    compensating those steps (in that order)."""
+
     source: frozenset[SagaStatus]
     trigger: Trigger
-    path: tuple[SagaStatus, ...]   # statuses entered, in order; () = status unchanged
-    effects: tuple[Effect, ...]
     step: str
     outcome: str
-    compensation: Compensation = Compensation.NONE
+    path: tuple[SagaStatus, ...] = ()   # statuses entered, in order; () = status unchanged
+    effects: tuple[Effect, ...] = ()
+    undo: tuple[str, ...] = ()
 
 
 def _from(*statuses: SagaStatus) -> frozenset[SagaStatus]:
     return frozenset(statuses)
 
 
-S = SagaStatus
-NOT_COMPLETED_TERMINAL = _from(S.FAILED, S.COMPENSATED)
+S, T = SagaStatus, Trigger
+ENDED_UNPAID = _from(S.FAILED, S.COMPENSATED)
 
+# The forward path and the moments compensation starts. What happens while compensating
+# (answers to compensation requests, retries, COMPENSATION_FAILED) follows from STEPS.
 RULES: tuple[Rule, ...] = (
-    # reserve_inventory
-    Rule(_from(S.STARTED), Trigger.INVENTORY_RESERVED, (S.INVENTORY_RESERVED, S.PAYMENT_PROCESSING),
-         (Effect.REQUEST_PAYMENT,), "reserve_inventory", "succeeded"),
-    Rule(_from(S.STARTED), Trigger.INVENTORY_OUT_OF_STOCK, (S.FAILED,),
-         (Effect.FAIL_ORDER,), "reserve_inventory", "failed"),
-    # process_payment
-    Rule(_from(S.PAYMENT_PROCESSING), Trigger.PAYMENT_SUCCEEDED, (S.PAYMENT_SUCCEEDED, S.COMPLETED),
-         (Effect.CONFIRM_ORDER,), "process_payment", "succeeded"),
-    Rule(_from(S.PAYMENT_PROCESSING), Trigger.PAYMENT_FAILED, (S.COMPENSATING,),
-         (Effect.REQUEST_RELEASE,), "process_payment", "failed", Compensation.BEGIN),
-    # The reservation expired (or was released) while the payment was in flight: the order
-    # cannot be fulfilled any more. A payment that still succeeds later is refunded below.
-    Rule(_from(S.PAYMENT_PROCESSING), Trigger.INVENTORY_RELEASED, (S.COMPENSATING, S.COMPENSATED),
-         (Effect.CANCEL_ORDER,), "reserve_inventory", "released while paying", Compensation.BEGIN),
-    # compensation
-    Rule(_from(S.STARTED, S.PAYMENT_PROCESSING), Trigger.CANCEL, (S.COMPENSATING,),
-         (Effect.REQUEST_RELEASE,), "compensation", "cancel requested", Compensation.BEGIN),
-    Rule(_from(S.STARTED, S.PAYMENT_PROCESSING), Trigger.TIMEOUT, (S.COMPENSATING,),
-         (Effect.REQUEST_RELEASE,), "compensation", "timed out", Compensation.BEGIN),
-    Rule(_from(S.COMPENSATING), Trigger.TIMEOUT, (),
-         (Effect.REQUEST_RELEASE,), "compensation", "release re-requested", Compensation.RETRY),
-    Rule(_from(S.COMPENSATING), Trigger.INVENTORY_RELEASED, (S.COMPENSATED,),
-         (Effect.CANCEL_ORDER,), "compensation", "compensated"),
-    # A payment that succeeds after the saga gave up must not keep the customer's money.
-    Rule(_from(S.COMPENSATING, *NOT_COMPLETED_TERMINAL), Trigger.PAYMENT_SUCCEEDED, (),
-         (Effect.REQUEST_REFUND,), "process_payment", "late success: refund requested"),
-    Rule(_from(S.COMPENSATING, *NOT_COMPLETED_TERMINAL), Trigger.PAYMENT_REFUNDED, (),
-         (), "process_payment", "refunded"),
+    Rule(_from(S.STARTED), T.INVENTORY_RESERVED, "reserve_inventory", "succeeded",
+         path=(S.INVENTORY_RESERVED, S.PAYMENT_PROCESSING), effects=(Effect.REQUEST_PAYMENT,)),
+    Rule(_from(S.STARTED), T.INVENTORY_OUT_OF_STOCK, "reserve_inventory", "failed",
+         path=(S.FAILED,), effects=(Effect.FAIL_ORDER,)),
+    Rule(_from(S.PAYMENT_PROCESSING), T.PAYMENT_SUCCEEDED, "process_payment", "succeeded",
+         path=(S.PAYMENT_SUCCEEDED, S.COMPLETED), effects=(Effect.CONFIRM_ORDER,)),
+    # Compensation starts: undo what may have taken effect, latest first.
+    Rule(_from(S.PAYMENT_PROCESSING), T.PAYMENT_FAILED, "process_payment", "failed",
+         undo=("reserve_inventory",)),
+    Rule(_from(S.STARTED), T.CANCEL, "compensation", "cancel requested", undo=("reserve_inventory",)),
+    Rule(_from(S.STARTED), T.TIMEOUT, "compensation", "timed out", undo=("reserve_inventory",)),
+    Rule(_from(S.PAYMENT_PROCESSING), T.CANCEL, "compensation", "cancel requested",
+         undo=("process_payment", "reserve_inventory")),
+    Rule(_from(S.PAYMENT_PROCESSING), T.TIMEOUT, "compensation", "timed out",
+         undo=("process_payment", "reserve_inventory")),
+    # The reservation expired while the payment was in flight: never both charged and released,
+    # so the payment is settled (cancelled or refunded) and the order cancelled.
+    Rule(_from(S.PAYMENT_PROCESSING), T.INVENTORY_RELEASED, "reserve_inventory", "released while paying",
+         undo=("process_payment",)),
+    # A payment that succeeds after the saga ended unpaid must not keep the customer's money.
+    Rule(ENDED_UNPAID, T.PAYMENT_SUCCEEDED, "process_payment", "late success: refund requested",
+         effects=(Effect.REQUEST_REFUND,)),
+    Rule(ENDED_UNPAID, T.PAYMENT_REFUNDED, "process_payment", "late success refunded"),
 )

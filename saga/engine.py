@@ -1,8 +1,8 @@
-"""The saga engine: pure transitions over the definition's rule table. No I/O, no clock.
+"""The saga engine: pure transitions over the definition (rules and steps). No I/O, no clock.
 
-`saga_decide(state, trigger, now=..., config=...)` returns a `Decision`. Anything the table does
-not allow (a duplicate, a late or out-of-order event, a cancel after completion) comes back as
-`Decision(applied=False, ...)` with the reason, and the state untouched: a saga never moves
+`saga_decide(state, trigger, now=..., config=...)` returns a `Decision`. Anything the definition
+does not allow (a duplicate, a late or out-of-order event, a cancel after completion) comes back
+as `Decision(applied=False, ...)` with the reason and the state untouched: a saga never moves
 backwards and no event applies twice.
 """
 from __future__ import annotations
@@ -13,13 +13,15 @@ import datetime as dt
 from saga.definition import (
     CURRENT_STEP,
     RULES,
+    STEP,
     TERMINAL,
-    Compensation,
     Effect,
     Rule,
     SagaStatus,
     Trigger,
 )
+
+S = SagaStatus
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +29,7 @@ class EngineConfig:
     saga_timeout: dt.timedelta
     payment_timeout: dt.timedelta
     compensation_retry: dt.timedelta
+    compensation_max_attempts: int = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,7 @@ class SagaState:
     step_deadline_at: dt.datetime | None = None
     compensation_reason: str = ""
     compensation_attempts: int = 0
+    compensations_pending: tuple[str, ...] = ()
 
     @property
     def is_terminal(self) -> bool:
@@ -43,17 +47,17 @@ class SagaState:
 
     @property
     def current_step(self) -> str:
+        if self.compensations_pending:
+            return f"undo {self.compensations_pending[0]}"
         return CURRENT_STEP[self.status]
 
     @property
     def next_deadline_at(self) -> dt.datetime | None:
-        """When the timeout sweep must look at this saga next (None once it has ended)."""
-        if self.is_terminal:
+        """When the timeout sweep must look at this saga next (None: nothing to wait for)."""
+        if self.is_terminal or self.status is S.COMPENSATION_FAILED:
             return None
-        if self.step_deadline_at is None:
-            return self.saga_deadline_at
-        if self.status is SagaStatus.COMPENSATING:
-            return self.step_deadline_at
+        if self.status is S.COMPENSATING or self.step_deadline_at is None:
+            return self.step_deadline_at or self.saga_deadline_at
         return min(self.saga_deadline_at, self.step_deadline_at)
 
 
@@ -71,44 +75,95 @@ class Decision:
 _TABLE: dict[tuple[SagaStatus, Trigger], Rule] = {}
 for _rule in RULES:
     for _source in _rule.source:
-        key = (_source, _rule.trigger)
-        if key in _TABLE:
-            raise RuntimeError(f"saga definition has two rules for {key}")
-        _TABLE[key] = _rule
+        if (_source, _rule.trigger) in _TABLE:
+            raise RuntimeError(f"saga definition has two rules for {(_source, _rule.trigger)}")
+        _TABLE[(_source, _rule.trigger)] = _rule
 
 
 def saga_initial_state(*, now: dt.datetime, config: EngineConfig) -> SagaState:
-    return SagaState(status=SagaStatus.STARTED, saga_deadline_at=now + config.saga_timeout)
+    return SagaState(status=S.STARTED, saga_deadline_at=now + config.saga_timeout)
 
 
 def saga_decide(state: SagaState, trigger: Trigger, *, now: dt.datetime, config: EngineConfig,
                 reason: str = "") -> Decision:
     """Apply `trigger` to `state`. `reason` is the participant's or caller's explanation."""
+    if state.status in (S.COMPENSATING, S.COMPENSATION_FAILED):
+        return _decide_compensating(state, trigger, now=now, config=config, reason=reason)
     rule = _TABLE.get((state.status, trigger))
     if rule is None:
-        return Decision(applied=False, state=state,
-                        reason=f"{trigger} ignored in {state.status}"
-                               + (" (saga already ended)" if state.is_terminal else ""))
+        return _ignored(state, trigger)
+    if rule.undo:
+        return _begin_compensation(state, rule, now=now, config=config, reason=reason)
     new_status = rule.path[-1] if rule.path else state.status
-    compensation_reason = state.compensation_reason
-    attempts = state.compensation_attempts
-    if rule.compensation is Compensation.BEGIN:
-        compensation_reason = _compensation_reason(state, trigger, reason, config)
-        attempts = 1
-    elif rule.compensation is Compensation.RETRY:
-        attempts += 1
     step_deadline = state.step_deadline_at
-    if new_status is SagaStatus.PAYMENT_PROCESSING and state.status is not new_status:
+    if new_status is S.PAYMENT_PROCESSING and state.status is not new_status:
         step_deadline = now + config.payment_timeout
-    elif new_status is SagaStatus.COMPENSATING:
-        step_deadline = now + config.compensation_retry
     elif new_status in TERMINAL:
         step_deadline = None
+    new_state = dataclasses.replace(state, status=new_status, step_deadline_at=step_deadline)
+    return Decision(applied=True, state=new_state, path=rule.path, effects=rule.effects, step=rule.step,
+                    outcome=rule.outcome, reason=reason)
+
+
+def _ignored(state: SagaState, trigger: Trigger, why: str = "") -> Decision:
+    ended = " (saga already ended)" if state.is_terminal else ""
+    return Decision(applied=False, state=state, reason=why or f"{trigger} ignored in {state.status}{ended}")
+
+
+def _undo(step: str) -> Effect:
+    effect = STEP[step].compensation
+    assert effect is not None, f"step {step} has no compensation"
+    return effect
+
+
+def _begin_compensation(state: SagaState, rule: Rule, *, now, config: EngineConfig, reason: str) -> Decision:
+    why = _compensation_reason(state, rule.trigger, reason, config)
     new_state = dataclasses.replace(
-        state, status=new_status, step_deadline_at=step_deadline,
-        compensation_reason=compensation_reason, compensation_attempts=attempts)
-    return Decision(applied=True, state=new_state, path=rule.path, effects=rule.effects,
-                    step=rule.step, outcome=rule.outcome, reason=reason or compensation_reason)
+        state, status=S.COMPENSATING, step_deadline_at=now + config.compensation_retry,
+        compensation_reason=why, compensation_attempts=1, compensations_pending=rule.undo)
+    return Decision(applied=True, state=new_state, path=(S.COMPENSATING,), effects=(_undo(rule.undo[0]),),
+                    step=rule.step, outcome=rule.outcome, reason=reason or why)
+
+
+def _decide_compensating(state: SagaState, trigger: Trigger, *, now, config: EngineConfig,
+                         reason: str) -> Decision:
+    pending = state.compensations_pending
+    head = pending[0] if pending else ""
+    if trigger is Trigger.TIMEOUT and state.status is S.COMPENSATING:
+        if state.compensation_attempts >= config.compensation_max_attempts:
+            failed = dataclasses.replace(state, status=S.COMPENSATION_FAILED, step_deadline_at=None)
+            return Decision(applied=True, state=failed, path=(S.COMPENSATION_FAILED,), step=head,
+                            outcome=f"no answer after {state.compensation_attempts} attempts",
+                            reason=f"undo {head} was not answered after {state.compensation_attempts} attempts")
+        retried = dataclasses.replace(state, compensation_attempts=state.compensation_attempts + 1,
+                                      step_deadline_at=now + config.compensation_retry)
+        return Decision(applied=True, state=retried, effects=(_undo(head),), step=head,
+                        outcome="compensation re-requested", reason=reason)
+    if trigger is Trigger.RETRY and state.status is S.COMPENSATION_FAILED:
+        retried = dataclasses.replace(state, status=S.COMPENSATING, compensation_attempts=1,
+                                      step_deadline_at=now + config.compensation_retry)
+        return Decision(applied=True, state=retried, path=(S.COMPENSATING,), effects=(_undo(head),), step=head,
+                        outcome="compensation retried by hand", reason=reason)
+    if trigger is Trigger.PAYMENT_SUCCEEDED and "process_payment" not in pending:
+        # The payment was not being undone (it had failed or never started): refund it.
+        return Decision(applied=True, state=state, effects=(Effect.REQUEST_REFUND,), step="process_payment",
+                        outcome="late success: refund requested", reason=reason)
+    undone = next((step for step in pending if trigger in STEP[step].compensated_by), None)
+    if undone is None:
+        return _ignored(state, trigger)
+    rest = tuple(step for step in pending if step != undone)
+    if not rest:
+        done = dataclasses.replace(state, status=S.COMPENSATED, step_deadline_at=None, compensations_pending=())
+        return Decision(applied=True, state=done, path=(S.COMPENSATED,), effects=(Effect.CANCEL_ORDER,),
+                        step=undone, outcome="compensated", reason=reason)
+    if undone != head or state.status is S.COMPENSATION_FAILED:
+        # A later step was undone out of turn (e.g. the reservation expired meanwhile): keep waiting.
+        return Decision(applied=True, state=dataclasses.replace(state, compensations_pending=rest),
+                        step=undone, outcome="compensated", reason=reason)
+    advanced = dataclasses.replace(state, compensations_pending=rest, compensation_attempts=1,
+                                   step_deadline_at=now + config.compensation_retry)
+    return Decision(applied=True, state=advanced, effects=(_undo(rest[0]),), step=undone, outcome="compensated",
+                    reason=reason)
 
 
 def _compensation_reason(state: SagaState, trigger: Trigger, reason: str, config: EngineConfig) -> str:
@@ -120,7 +175,7 @@ def _compensation_reason(state: SagaState, trigger: Trigger, reason: str, config
     if trigger is Trigger.INVENTORY_RELEASED:
         return f"reservation released before the payment completed{detail}"
     if trigger is Trigger.TIMEOUT:
-        if state.status is SagaStatus.PAYMENT_PROCESSING:
+        if state.status is S.PAYMENT_PROCESSING:
             return (f"payment timed out (no answer within "
                     f"{int(config.payment_timeout.total_seconds())}s)")
         return f"saga timed out in {state.status} (limit {int(config.saga_timeout.total_seconds())}s)"

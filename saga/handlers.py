@@ -7,7 +7,7 @@ engine as ignored.
 from __future__ import annotations
 
 from inventory.messages import InventoryOutOfStock, InventoryReleased, InventoryReserved
-from payments.messages import PaymentFailed, PaymentRefunded, PaymentSucceeded
+from payments.messages import PaymentCancelled, PaymentFailed, PaymentRefunded, PaymentSucceeded
 from saga.definition import Trigger
 from saga.services import saga_apply
 
@@ -42,6 +42,11 @@ def handle_payments_failed(message: PaymentFailed) -> None:
                payment_id=message.payment_id or "", detail={"paymentId": message.payment_id})
 
 
+def handle_payments_cancelled(message: PaymentCancelled) -> None:
+    saga_apply(order_id=message.order_id, trigger=Trigger.PAYMENT_CANCELLED, reason=message.reason,
+               detail={"paymentId": message.payment_id})
+
+
 def handle_payments_refunded(message: PaymentRefunded) -> None:
     saga_apply(order_id=message.order_id, trigger=Trigger.PAYMENT_REFUNDED, reason=message.reason,
                detail={"paymentId": message.payment_id, "amount": str(message.amount),
@@ -54,5 +59,6 @@ HANDLERS = {
     "inventory.released": handle_inventory_released,
     "payments.succeeded": handle_payments_succeeded,
     "payments.failed": handle_payments_failed,
+    "payments.cancelled": handle_payments_cancelled,
     "payments.refunded": handle_payments_refunded,
 }

@@ -17,9 +17,11 @@ class SagaInstance(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     order = models.OneToOneField("orders.Order", related_name="saga", on_delete=models.CASCADE)
     status = models.CharField(max_length=24, choices=Status.choices, default=SagaStatus.STARTED)
-    current_step = models.CharField(max_length=40, default="reserve_inventory")
+    current_step = models.CharField(max_length=60, default="reserve_inventory")
     compensation_reason = models.CharField(max_length=500, blank=True, default="")
     compensation_attempts = models.PositiveIntegerField(default=0)
+    compensations_pending = models.JSONField(default=list, blank=True,
+                                             help_text="Steps still to undo, in order (head first).")
     saga_deadline_at = models.DateTimeField()
     step_deadline_at = models.DateTimeField(null=True, blank=True)
     deadline_at = models.DateTimeField(null=True, blank=True,
@@ -47,6 +49,7 @@ class SagaInstance(models.Model):
             step_deadline_at=self.step_deadline_at,
             compensation_reason=self.compensation_reason,
             compensation_attempts=self.compensation_attempts,
+            compensations_pending=tuple(self.compensations_pending),
         )
 
     def apply_state(self, state: SagaState) -> None:
@@ -57,6 +60,7 @@ class SagaInstance(models.Model):
         self.deadline_at = state.next_deadline_at
         self.compensation_reason = state.compensation_reason
         self.compensation_attempts = state.compensation_attempts
+        self.compensations_pending = list(state.compensations_pending)
 
 
 class SagaStep(models.Model):

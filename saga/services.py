@@ -21,7 +21,7 @@ from infra.outbox import outbox_append
 from inventory.messages import InventoryReleaseRequest
 from orders.messages import OrderCancelled, OrderConfirmed, OrderCreated, OrderFailed
 from orders.models import Order, OutboxMessage
-from payments.messages import PaymentProcessRequest, PaymentRefundRequest
+from payments.messages import PaymentCancelRequest, PaymentProcessRequest, PaymentRefundRequest
 from saga.definition import TERMINAL, Effect, Trigger
 from saga.engine import Decision, EngineConfig, saga_decide, saga_initial_state
 from saga.models import SagaInstance, SagaStep
@@ -35,6 +35,7 @@ def engine_config() -> EngineConfig:
         saga_timeout=dt.timedelta(seconds=settings.SAGA_TIMEOUT_SECONDS),
         payment_timeout=dt.timedelta(seconds=settings.PAYMENT_TIMEOUT_SECONDS),
         compensation_retry=dt.timedelta(seconds=settings.SAGA_COMPENSATION_RETRY_SECONDS),
+        compensation_max_attempts=settings.SAGA_COMPENSATION_MAX_ATTEMPTS,
     )
 
 
@@ -143,6 +144,8 @@ def _effect_emit(effect: Effect, *, order: Order, decision: Decision, now: dt.da
     elif effect is Effect.REQUEST_RELEASE:
         message = InventoryReleaseRequest(order_id=order_id, reason=decision.state.compensation_reason,
                                           reservation_id=order.reservation_id or None)
+    elif effect is Effect.REQUEST_PAYMENT_CANCEL:
+        message = PaymentCancelRequest(order_id=order_id, reason=decision.state.compensation_reason)
     elif effect is Effect.REQUEST_REFUND:
         message = PaymentRefundRequest(order_id=order_id,
                                        reason=f"order {order.status.lower()}: payment arrived after "
@@ -180,3 +183,12 @@ def saga_timeouts_sweep(*, limit: int = 200) -> int:
             result = saga_apply(order_id=str(order_id), trigger=Trigger.TIMEOUT)
             fired += int(result.applied)
     return fired
+
+
+def saga_compensation_retry(*, order_id: str, reason: str) -> SagaResult:
+    """Ops: retry the compensation of a saga in COMPENSATION_FAILED (re-sends its pending undo).
+
+    Anything else is left alone and reported as not applied.
+    """
+    with transaction.atomic(using=DB, durable=True):
+        return saga_apply(order_id=order_id, trigger=Trigger.RETRY, reason=reason)

@@ -9,7 +9,7 @@ import stripe
 
 from payments import stripe_gateway as gateway
 from payments.models import Payment
-from payments.services import payment_charge, payment_prepare, payment_refund
+from payments.services import payment_charge, payment_prepare, payment_settle
 from tests.conftest import ALL_DATABASES
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
@@ -88,18 +88,55 @@ def test_a_lost_confirmation_answer_is_recovered_from_the_intent(settings):
 
 def test_refund_gives_back_the_whole_amount_exactly_once(settings):
     payment = payment_charge(payment=prepare(amount="20.00"))
-    refunded = payment_refund(order_id="order-1", reason="late success")
+    refunded = payment_settle(order_id="order-1", reason="late success")
     assert refunded.status == "REFUNDED" and refunded.refunded_amount == Decimal("20.00")
     # A repeated refund request (e.g. a crash before our record was written) finds the refund.
     Payment.objects.filter(id=payment.id).update(status="SUCCEEDED")
-    again = payment_refund(order_id="order-1", reason="late success")
+    again = payment_settle(order_id="order-1", reason="late success")
     assert again.stripe_refund_id == refunded.stripe_refund_id
     client = stripe.StripeClient(settings.STRIPE_SECRET_KEY, base_addresses={"api": settings.STRIPE_API_BASE})
     refunds = client.v1.refunds.list(params={"payment_intent": payment.stripe_payment_intent_id}).data
     assert [r.amount for r in refunds] == [2000]
 
 
-def test_nothing_to_refund_for_a_failed_payment():
+def test_settling_a_failed_payment_changes_nothing():
     payment_charge(payment=prepare(method="pm_card_chargeCustomerFail"))
-    assert payment_refund(order_id="order-1", reason="x").status == "FAILED"
-    assert payment_refund(order_id="unknown", reason="x") is None
+    assert payment_settle(order_id="order-1", reason="x").status == "FAILED"
+
+
+def test_settling_before_the_charge_request_blocks_the_charge(settings):
+    settled = payment_settle(order_id="order-1", reason="cancelled")
+    assert settled.status == "CANCELED"
+    payment = prepare()
+    assert payment.id == settled.id
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # Stripe must not even be called
+    assert payment_charge(payment=payment).status == "CANCELED"
+
+
+def test_settling_an_open_payment_without_intent_cancels_it():
+    payment = prepare()
+    settled = payment_settle(order_id="order-1", reason="timeout")
+    assert settled.status == "CANCELED" and settled.id == payment.id
+    assert payment_charge(payment=settled).stripe_payment_intent_id == ""
+
+
+def test_settling_an_unconfirmed_intent_cancels_it_at_stripe(settings):
+    payment = prepare()
+    intent = gateway.payment_intent_create(amount_minor=1234, currency="EUR", payment_method="pm_card_visa",
+                                           order_id="order-1", customer_id="c-1", idempotency_key="k")
+    Payment.objects.filter(id=payment.id).update(stripe_payment_intent_id=intent.id)
+    assert payment_settle(order_id="order-1", reason="cancel").status == "CANCELED"
+    assert stripe_intent(settings, intent.id).status == "canceled"
+    # A charge attempt that was racing with the cancel charges nothing.
+    payment.refresh_from_db()
+    assert payment_charge(payment=payment).status == "CANCELED"
+
+
+def test_settling_a_payment_waiting_for_3d_secure_cancels_it(settings):
+    client = stripe.StripeClient(settings.STRIPE_SECRET_KEY, base_addresses={"api": settings.STRIPE_API_BASE})
+    method = client.v1.payment_methods.create(params={
+        "type": "card", "card": {"number": "4000002500003155", "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
+    payment = payment_charge(payment=prepare(method=method.id))
+    assert payment.status == "REQUIRES_ACTION"
+    assert payment_settle(order_id="order-1", reason="cancel").status == "CANCELED"
+    assert stripe_intent(settings, payment.stripe_payment_intent_id).status == "canceled"

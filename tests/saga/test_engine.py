@@ -1,4 +1,4 @@
-"""The saga engine as given / when / expect scripts: every transition and every guard."""
+"""The saga engine as given / when / expect scripts: every transition, guard and compensation."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,113 +12,174 @@ from saga.engine import EngineConfig, SagaState, saga_decide, saga_initial_state
 S, T, E = SagaStatus, Trigger, Effect
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 CONFIG = EngineConfig(saga_timeout=dt.timedelta(minutes=5), payment_timeout=dt.timedelta(minutes=2),
-                      compensation_retry=dt.timedelta(seconds=30))
+                      compensation_retry=dt.timedelta(seconds=30), compensation_max_attempts=3)
+PAY_AND_STOCK = ("process_payment", "reserve_inventory")
 
 
 def given(status: SagaStatus, **fields) -> SagaState:
     return dataclasses.replace(saga_initial_state(now=NOW, config=CONFIG), status=status, **fields)
 
 
-# (given status, when trigger, expect path, expect effects)
-TRANSITIONS = [
-    (S.STARTED, T.INVENTORY_RESERVED, (S.INVENTORY_RESERVED, S.PAYMENT_PROCESSING), (E.REQUEST_PAYMENT,)),
-    (S.STARTED, T.INVENTORY_OUT_OF_STOCK, (S.FAILED,), (E.FAIL_ORDER,)),
-    (S.PAYMENT_PROCESSING, T.PAYMENT_SUCCEEDED, (S.PAYMENT_SUCCEEDED, S.COMPLETED), (E.CONFIRM_ORDER,)),
-    (S.PAYMENT_PROCESSING, T.PAYMENT_FAILED, (S.COMPENSATING,), (E.REQUEST_RELEASE,)),
-    (S.PAYMENT_PROCESSING, T.INVENTORY_RELEASED, (S.COMPENSATING, S.COMPENSATED), (E.CANCEL_ORDER,)),
-    (S.STARTED, T.CANCEL, (S.COMPENSATING,), (E.REQUEST_RELEASE,)),
-    (S.PAYMENT_PROCESSING, T.CANCEL, (S.COMPENSATING,), (E.REQUEST_RELEASE,)),
-    (S.STARTED, T.TIMEOUT, (S.COMPENSATING,), (E.REQUEST_RELEASE,)),
-    (S.PAYMENT_PROCESSING, T.TIMEOUT, (S.COMPENSATING,), (E.REQUEST_RELEASE,)),
-    (S.COMPENSATING, T.TIMEOUT, (), (E.REQUEST_RELEASE,)),
-    (S.COMPENSATING, T.INVENTORY_RELEASED, (S.COMPENSATED,), (E.CANCEL_ORDER,)),
-    (S.COMPENSATING, T.PAYMENT_SUCCEEDED, (), (E.REQUEST_REFUND,)),
-    (S.COMPENSATED, T.PAYMENT_SUCCEEDED, (), (E.REQUEST_REFUND,)),
-    (S.FAILED, T.PAYMENT_SUCCEEDED, (), (E.REQUEST_REFUND,)),
-    (S.COMPENSATING, T.PAYMENT_REFUNDED, (), ()),
-    (S.COMPENSATED, T.PAYMENT_REFUNDED, (), ()),
-    (S.FAILED, T.PAYMENT_REFUNDED, (), ()),
+def when(state: SagaState, trigger: Trigger, reason: str = "", at: dt.datetime = NOW):
+    return saga_decide(state, trigger, now=at, config=CONFIG, reason=reason)
+
+
+# Outside compensation: (given status, when trigger, expect path, expect effects, expect pending undo)
+FORWARD = [
+    (S.STARTED, T.INVENTORY_RESERVED, (S.INVENTORY_RESERVED, S.PAYMENT_PROCESSING), (E.REQUEST_PAYMENT,), ()),
+    (S.STARTED, T.INVENTORY_OUT_OF_STOCK, (S.FAILED,), (E.FAIL_ORDER,), ()),
+    (S.PAYMENT_PROCESSING, T.PAYMENT_SUCCEEDED, (S.PAYMENT_SUCCEEDED, S.COMPLETED), (E.CONFIRM_ORDER,), ()),
+    (S.PAYMENT_PROCESSING, T.PAYMENT_FAILED, (S.COMPENSATING,), (E.REQUEST_RELEASE,), ("reserve_inventory",)),
+    (S.PAYMENT_PROCESSING, T.INVENTORY_RELEASED, (S.COMPENSATING,), (E.REQUEST_PAYMENT_CANCEL,),
+     ("process_payment",)),
+    (S.STARTED, T.CANCEL, (S.COMPENSATING,), (E.REQUEST_RELEASE,), ("reserve_inventory",)),
+    (S.STARTED, T.TIMEOUT, (S.COMPENSATING,), (E.REQUEST_RELEASE,), ("reserve_inventory",)),
+    (S.PAYMENT_PROCESSING, T.CANCEL, (S.COMPENSATING,), (E.REQUEST_PAYMENT_CANCEL,), PAY_AND_STOCK),
+    (S.PAYMENT_PROCESSING, T.TIMEOUT, (S.COMPENSATING,), (E.REQUEST_PAYMENT_CANCEL,), PAY_AND_STOCK),
+    (S.COMPENSATED, T.PAYMENT_SUCCEEDED, (), (E.REQUEST_REFUND,), ()),
+    (S.FAILED, T.PAYMENT_SUCCEEDED, (), (E.REQUEST_REFUND,), ()),
+    (S.COMPENSATED, T.PAYMENT_REFUNDED, (), (), ()),
+    (S.FAILED, T.PAYMENT_REFUNDED, (), (), ()),
 ]
 
 
-@pytest.mark.parametrize("status, trigger, path, effects", TRANSITIONS,
-                         ids=[f"{s}--{t}" for s, t, _, _ in TRANSITIONS])
-def test_transition(status, trigger, path, effects):
-    decision = saga_decide(given(status), trigger, now=NOW, config=CONFIG, reason="because")
+@pytest.mark.parametrize("status, trigger, path, effects, pending", FORWARD,
+                         ids=[f"{s}--{t}" for s, t, *_ in FORWARD])
+def test_transition(status, trigger, path, effects, pending):
+    decision = when(given(status), trigger, reason="because")
     assert decision.applied
     assert decision.path == path
     assert decision.effects == effects
     assert decision.state.status == (path[-1] if path else status)
+    assert decision.state.compensations_pending == pending
 
 
 def test_every_rule_of_the_definition_is_covered_above():
-    covered = {(s, t) for s, t, _, _ in TRANSITIONS}
+    covered = {(s, t) for s, t, *_ in FORWARD}
     defined = {(source, rule.trigger) for rule in RULES for source in rule.source}
     assert defined == covered
 
 
-ALLOWED = {(s, t) for s, t, _, _ in TRANSITIONS}
-GUARDED = [(s, t) for s in SagaStatus for t in Trigger if (s, t) not in ALLOWED]
+OUTSIDE = [s for s in SagaStatus if s not in (S.COMPENSATING, S.COMPENSATION_FAILED)]
+GUARDED = [(s, t) for s in OUTSIDE for t in Trigger if (s, t) not in {(s, t) for s, t, *_ in FORWARD}]
 
 
 @pytest.mark.parametrize("status, trigger", GUARDED, ids=[f"{s}--{t}" for s, t in GUARDED])
 def test_everything_else_is_ignored_and_changes_nothing(status, trigger):
     state = given(status, compensation_reason="x", compensation_attempts=2)
-    decision = saga_decide(state, trigger, now=NOW, config=CONFIG)
+    decision = when(state, trigger)
     assert not decision.applied
-    assert decision.state == state
-    assert decision.effects == ()
+    assert decision.state == state and decision.effects == ()
     assert str(trigger) in decision.reason
 
 
 @pytest.mark.parametrize("terminal", sorted(TERMINAL))
 def test_a_terminal_saga_never_moves(terminal):
     for trigger in Trigger:
-        decision = saga_decide(given(terminal), trigger, now=NOW, config=CONFIG)
-        assert decision.state.status == terminal
+        assert when(given(terminal), trigger).state.status == terminal
+
+
+class TestCompensation:
+    def compensating(self, pending=PAY_AND_STOCK, attempts=1, status=S.COMPENSATING):
+        return given(status, compensations_pending=pending, compensation_attempts=attempts,
+                     compensation_reason="cancelled on request", step_deadline_at=NOW)
+
+    def test_steps_are_undone_latest_first_then_the_order_is_cancelled(self):
+        state = self.compensating()
+        settled = when(state, T.PAYMENT_CANCELLED)
+        assert settled.effects == (E.REQUEST_RELEASE,) and settled.state.status is S.COMPENSATING
+        assert settled.state.compensations_pending == ("reserve_inventory",)
+        released = when(settled.state, T.INVENTORY_RELEASED)
+        assert released.path == (S.COMPENSATED,) and released.effects == (E.CANCEL_ORDER,)
+        assert released.state.next_deadline_at is None
+
+    @pytest.mark.parametrize("answer", [T.PAYMENT_CANCELLED, T.PAYMENT_REFUNDED, T.PAYMENT_FAILED])
+    def test_any_answer_that_nothing_is_kept_undoes_the_payment(self, answer):
+        assert when(self.compensating(), answer).state.compensations_pending == ("reserve_inventory",)
+
+    def test_a_success_while_the_payment_is_being_undone_is_left_to_the_settlement(self):
+        decision = when(self.compensating(), T.PAYMENT_SUCCEEDED)
+        assert not decision.applied
+
+    def test_a_success_when_the_payment_is_not_being_undone_is_refunded(self):
+        decision = when(self.compensating(pending=("reserve_inventory",)), T.PAYMENT_SUCCEEDED)
+        assert decision.applied and decision.effects == (E.REQUEST_REFUND,)
+        assert decision.state.compensations_pending == ("reserve_inventory",)
+
+    def test_an_out_of_turn_answer_is_recorded_and_the_head_still_awaited(self):
+        decision = when(self.compensating(), T.INVENTORY_RELEASED)  # e.g. the reservation expired meanwhile
+        assert decision.applied and decision.effects == ()
+        assert decision.state.compensations_pending == ("process_payment",)
+        done = when(decision.state, T.PAYMENT_CANCELLED)
+        assert done.state.status is S.COMPENSATED
+
+    def test_an_unanswered_compensation_is_re_requested_until_it_fails(self):
+        state = self.compensating()
+        for attempt in (2, 3):
+            decision = when(state, T.TIMEOUT)
+            assert decision.effects == (E.REQUEST_PAYMENT_CANCEL,)
+            state = decision.state
+            assert state.compensation_attempts == attempt
+            assert state.next_deadline_at == NOW + dt.timedelta(seconds=30)
+        failed = when(state, T.TIMEOUT)
+        assert failed.path == (S.COMPENSATION_FAILED,) and failed.effects == ()
+        assert failed.state.next_deadline_at is None
+        assert "process_payment" in failed.reason
+
+    def test_a_failed_compensation_is_retried_by_hand(self):
+        failed = self.compensating(attempts=3, status=S.COMPENSATION_FAILED)
+        retried = when(failed, T.RETRY, reason="stripe is back")
+        assert retried.path == (S.COMPENSATING,) and retried.effects == (E.REQUEST_PAYMENT_CANCEL,)
+        assert retried.state.compensation_attempts == 1
+
+    def test_a_late_answer_can_still_finish_a_failed_compensation(self):
+        failed = self.compensating(pending=("reserve_inventory",), status=S.COMPENSATION_FAILED)
+        assert when(failed, T.INVENTORY_RELEASED).state.status is S.COMPENSATED
+
+    @pytest.mark.parametrize("trigger", [T.INVENTORY_RESERVED, T.CANCEL, T.INVENTORY_OUT_OF_STOCK])
+    def test_other_events_while_compensating_are_ignored(self, trigger):
+        state = self.compensating()
+        assert when(state, trigger).state == state
+
+    def test_timeouts_and_retries_do_not_apply_in_the_wrong_status(self):
+        assert not when(self.compensating(status=S.COMPENSATION_FAILED), T.TIMEOUT).applied
+        assert not when(self.compensating(), T.RETRY).applied
 
 
 def test_duplicate_reserved_event_applies_once():
-    first = saga_decide(given(S.STARTED), T.INVENTORY_RESERVED, now=NOW, config=CONFIG)
-    again = saga_decide(first.state, T.INVENTORY_RESERVED, now=NOW, config=CONFIG)
-    assert first.applied and not again.applied
-    assert again.state == first.state
+    first = when(given(S.STARTED), T.INVENTORY_RESERVED)
+    again = when(first.state, T.INVENTORY_RESERVED)
+    assert first.applied and not again.applied and again.state == first.state
 
 
 def test_late_payment_failure_after_success_does_not_move_backwards():
-    done = saga_decide(given(S.PAYMENT_PROCESSING), T.PAYMENT_SUCCEEDED, now=NOW, config=CONFIG).state
-    late = saga_decide(done, T.PAYMENT_FAILED, now=NOW, config=CONFIG)
+    done = when(given(S.PAYMENT_PROCESSING), T.PAYMENT_SUCCEEDED).state
+    late = when(done, T.PAYMENT_FAILED)
     assert not late.applied and late.state.status is S.COMPLETED
 
 
 def test_out_of_order_reserved_after_cancel_is_ignored():
-    cancelled = saga_decide(given(S.STARTED), T.CANCEL, now=NOW, config=CONFIG).state
-    late = saga_decide(cancelled, T.INVENTORY_RESERVED, now=NOW, config=CONFIG)
+    cancelled = when(given(S.STARTED), T.CANCEL).state
+    late = when(cancelled, T.INVENTORY_RESERVED)
     assert not late.applied and late.state.status is S.COMPENSATING
 
 
 class TestDeadlines:
     def test_a_new_saga_is_due_at_the_saga_timeout(self):
-        state = saga_initial_state(now=NOW, config=CONFIG)
-        assert state.next_deadline_at == NOW + dt.timedelta(minutes=5)
+        assert saga_initial_state(now=NOW, config=CONFIG).next_deadline_at == NOW + dt.timedelta(minutes=5)
 
     def test_payment_step_is_due_at_the_payment_timeout(self):
         later = NOW + dt.timedelta(seconds=10)
-        state = saga_decide(given(S.STARTED), T.INVENTORY_RESERVED, now=later, config=CONFIG).state
-        assert state.step_deadline_at == later + dt.timedelta(minutes=2)
+        state = when(given(S.STARTED), T.INVENTORY_RESERVED, at=later).state
         assert state.next_deadline_at == later + dt.timedelta(minutes=2)
 
     def test_payment_deadline_never_outlives_the_saga_deadline(self):
-        late = NOW + dt.timedelta(minutes=4)
-        state = saga_decide(given(S.STARTED), T.INVENTORY_RESERVED, now=late, config=CONFIG).state
+        state = when(given(S.STARTED), T.INVENTORY_RESERVED, at=NOW + dt.timedelta(minutes=4)).state
         assert state.next_deadline_at == NOW + dt.timedelta(minutes=5)
 
-    def test_compensation_is_retried_after_the_retry_interval(self):
-        state = saga_decide(given(S.PAYMENT_PROCESSING), T.PAYMENT_FAILED, now=NOW, config=CONFIG).state
+    def test_compensation_is_due_after_the_retry_interval(self):
+        state = when(given(S.PAYMENT_PROCESSING), T.PAYMENT_FAILED).state
         assert state.next_deadline_at == NOW + dt.timedelta(seconds=30)
-        retried = saga_decide(state, T.TIMEOUT, now=NOW + dt.timedelta(seconds=31), config=CONFIG)
-        assert retried.state.compensation_attempts == 2
-        assert retried.state.next_deadline_at == NOW + dt.timedelta(seconds=61)
 
     @pytest.mark.parametrize("terminal", sorted(TERMINAL))
     def test_an_ended_saga_has_no_deadline(self, terminal):
@@ -127,19 +188,17 @@ class TestDeadlines:
 
 class TestReasons:
     def test_payment_failure_reason_says_payment(self):
-        state = saga_decide(given(S.PAYMENT_PROCESSING), T.PAYMENT_FAILED, now=NOW, config=CONFIG,
-                            reason="card declined").state
+        state = when(given(S.PAYMENT_PROCESSING), T.PAYMENT_FAILED, reason="card declined").state
         assert state.compensation_reason == "payment failed: card declined"
 
     def test_timeout_in_payment_names_the_payment_timeout(self):
-        state = saga_decide(given(S.PAYMENT_PROCESSING), T.TIMEOUT, now=NOW, config=CONFIG).state
+        state = when(given(S.PAYMENT_PROCESSING), T.TIMEOUT).state
         assert "payment timed out" in state.compensation_reason and "120s" in state.compensation_reason
 
     def test_timeout_waiting_for_inventory_names_the_saga_timeout(self):
-        state = saga_decide(given(S.STARTED), T.TIMEOUT, now=NOW, config=CONFIG).state
-        assert "saga timed out in STARTED" in state.compensation_reason
+        assert "saga timed out in STARTED" in when(given(S.STARTED), T.TIMEOUT).state.compensation_reason
 
     def test_cancel_reason_is_kept_for_the_order(self):
-        state = saga_decide(given(S.STARTED), T.CANCEL, now=NOW, config=CONFIG, reason="changed my mind").state
-        done = saga_decide(state, T.INVENTORY_RELEASED, now=NOW, config=CONFIG).state
+        state = when(given(S.STARTED), T.CANCEL, reason="changed my mind").state
+        done = when(state, T.INVENTORY_RELEASED).state
         assert done.compensation_reason == "cancelled on request: changed my mind"

@@ -136,17 +136,32 @@ class TestCancel:
         assert stock_of("oil") == (10, 0, 0)
         assert saga_status(order_id) == "COMPENSATED"
 
-    def test_cancel_while_paying_refunds_a_payment_that_succeeds_late(self, api, stock):
+    def test_cancel_while_paying_settles_the_payment_before_releasing_stock(self, api, stock):
         order_id = place(api, ("oil", 2, "7.25"))
         pump(only={"orders.created", "inventory.reserved"})
         assert saga_status(order_id) == "PAYMENT_PROCESSING"
         assert api.post(f"/api/v1/orders/{order_id}/cancel", {}, format="json").status_code == 202
+        # The charge request was already on its way and goes through; the settlement refunds it.
+        pump(only={"payments.process_request", "payments.succeeded", "payments.cancel_request"})
+        assert stock_of("oil") == (8, 2, 0)  # stock is released only after the money is settled
         pump()
         assert order(order_id).status == "CANCELLED"
         assert stock_of("oil") == (10, 0, 0)
         payment = Payment.objects.get(order_id=order_id)
         assert payment.status == "REFUNDED" and payment.refunded_amount == payment.amount
         assert payment.stripe_refund_id
+
+    def test_cancel_before_the_charge_request_is_handled_charges_nothing(self, api, stock):
+        order_id = place(api, ("oil", 2, "7.25"))
+        pump(only={"orders.created", "inventory.reserved"})
+        api.post(f"/api/v1/orders/{order_id}/cancel", {}, format="json")
+        # The cancellation overtakes the charge request.
+        pump(only={"payments.cancel_request"})
+        pump()
+        assert order(order_id).status == "CANCELLED"
+        payment = Payment.objects.get(order_id=order_id)
+        assert payment.status == "CANCELED" and payment.stripe_payment_intent_id == ""
+        assert stock_of("oil") == (10, 0, 0)
 
     def test_cancel_of_a_confirmed_order_is_409(self, api, stock):
         order_id = place(api, ("oil", 1, "1"))
@@ -220,14 +235,13 @@ class TestTimeouts:
         clock.advance(2)
         assert saga_timeouts_sweep() == 1
         assert saga_status(order_id) == "COMPENSATING"
-        pump(only={"inventory.release_request", "inventory.released", "orders.cancelled"})
+        # The payment service was down: the settlement overtakes the charge request.
+        pump(only={"payments.cancel_request"})
+        pump()
         cancelled = order(order_id)
         assert cancelled.status == "CANCELLED" and "payment timed out" in cancelled.cancellation_reason
         assert stock_of("oil") == (10, 0, 0)
-        # The payment request was still queued: it charges late, and is refunded.
-        pump()
-        assert Payment.objects.get(order_id=order_id).status == "REFUNDED"
-        assert order(order_id).status == "CANCELLED"
+        assert Payment.objects.get(order_id=order_id).status == "CANCELED"
 
     def test_inventory_that_never_answers_is_compensated_after_the_saga_timeout(self, api, stock, clock,
                                                                                   settings):
@@ -262,6 +276,24 @@ class TestTimeouts:
         assert stock_of("oil") == (10, 0, 0)
         assert Payment.objects.get(order_id=order_id).status == "REFUNDED"
         assert saga_timeouts_sweep() == 0
+
+    def test_an_unanswered_compensation_ends_in_compensation_failed_and_can_be_retried(
+            self, api, stock, clock, settings):
+        from saga.services import saga_compensation_retry
+
+        order_id = place(api, ("oil", 2, "1"))
+        api.post(f"/api/v1/orders/{order_id}/cancel", {}, format="json")
+        for _ in range(settings.SAGA_COMPENSATION_MAX_ATTEMPTS):
+            clock.advance(settings.SAGA_COMPENSATION_RETRY_SECONDS + 1)
+            saga_timeouts_sweep()
+        saga = SagaInstance.objects.get(order_id=order_id)
+        assert saga.status == "COMPENSATION_FAILED" and saga.deadline_at is None
+        assert order(order_id).status == "PENDING"
+        assert len(pending_rows({"inventory.release_request"})) == settings.SAGA_COMPENSATION_MAX_ATTEMPTS
+        saga_compensation_retry(order_id=order_id, reason="inventory is back")
+        pump()
+        assert order(order_id).status == "CANCELLED"
+        assert stock_of("oil") == (10, 0, 0)
 
 
 def test_poison_messages_are_not_retried():
