@@ -6,7 +6,9 @@ For every delivery:
    `(consumer, event id)` in its inbox (a duplicate is skipped and acked), run the handler;
 3. ack only after that transaction committed.
 A handler exception rolls everything back and the message is redelivered after an exponential
-backoff (NAK with delay), up to `max_deliver` deliveries; the last failure terminates it.
+backoff (NAK with delay), up to `max_deliver` deliveries. A malformed message, a failure on the
+last delivery, and a message JetStream stopped redelivering because it was never acked (its
+MAX_DELIVERIES advisory) are recorded as dead letters (infra.deadletters) and terminated.
 
 Handlers that must call an external service before writing (payments -> Stripe) are marked
 with `@handler_outside_transaction`: the runner calls them with an `effect` context manager
@@ -33,6 +35,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections, router, transaction
 from django.utils.module_loading import import_string
 
+from infra.deadletters import FailedDelivery, dead_letter_record
 from infra.messages import MalformedMessageError, message_parse
 from infra.nats import Delivery, jetstream_session
 from infra.outbox import DuplicateDeliveryError, inbox_record
@@ -148,6 +151,9 @@ class ConsumerRunner:
         async with jetstream_session(f"a4co-consumers-{os.getpid()}", wait_for_server=True) as session:
             await session.ensure(STREAMS, [route.consumer for route in self.routes])
             pulls = [await session.pull(route.consumer) for route in self.routes]
+            for route in self.routes:
+                await session.on_max_deliveries(
+                    route.consumer, lambda advisory, route=route: self._on_max_deliveries(route, session, advisory))
             if ready is not None:
                 ready.set()
             log.info("consumers running: %s", ", ".join(route.key for route in self.routes))
@@ -170,24 +176,54 @@ class ConsumerRunner:
                         break
                     outcome, reason = await loop.run_in_executor(
                         executor, _handle_in_thread, route, delivery)
-                    await self._settle(route, delivery, outcome, reason)
+                    await self._settle(route, delivery, outcome, reason, executor)
             await loop.run_in_executor(executor, close_old_connections)
 
-    async def _settle(self, route: ConsumerRoute, delivery: Delivery, outcome: Outcome, reason: str) -> None:
+    async def _settle(self, route: ConsumerRoute, delivery: Delivery, outcome: Outcome, reason: str,
+                      executor) -> None:
         key = (route.name, outcome.value)
         self.counts[key] = self.counts.get(key, 0) + 1
         if outcome in (Outcome.HANDLED, Outcome.DUPLICATE):
             await delivery.ack()
-        elif outcome is Outcome.POISON:
-            log.error("poison message terminated consumer=%s subject=%s msgId=%s: %s",
-                      route.name, delivery.subject, delivery.msg_id, reason)
-            await delivery.term()
-        elif delivery.num_delivered >= settings.CONSUMER_MAX_DELIVER:
-            log.error("giving up after %d deliveries consumer=%s subject=%s msgId=%s: %s",
-                      delivery.num_delivered, route.name, delivery.subject, delivery.msg_id, reason)
-            await delivery.term()
-        else:
+            return
+        if outcome is Outcome.RETRY and delivery.num_delivered < settings.CONSUMER_MAX_DELIVER:
             await delivery.nak(delay=backoff_seconds(delivery.num_delivered))
+            return
+        # Poison, or the last delivery failed: keep it as a dead letter, then stop redelivery.
+        error = f"malformed: {reason}" if outcome is Outcome.POISON else (
+            f"failed on delivery {delivery.num_delivered} of {settings.CONSUMER_MAX_DELIVER}: {reason}")
+        failed = FailedDelivery(consumer=route.name, stream=route.consumer.stream,
+                                stream_sequence=delivery.stream_sequence, subject=delivery.subject,
+                                data=delivery.data, event_id=delivery.msg_id, deliveries=delivery.num_delivered,
+                                error=error)
+        await asyncio.get_running_loop().run_in_executor(
+            executor, dead_letter_record, route.dead_letter_model, failed)
+        self.counts[(route.name, "dead_lettered")] = self.counts.get((route.name, "dead_lettered"), 0) + 1
+        await delivery.term()
+
+    async def _on_max_deliveries(self, route: ConsumerRoute, session, advisory: dict) -> None:
+        """JetStream gave up on a message that was never acked (e.g. the process died each time)."""
+        sequence = int(advisory.get("stream_seq", 0))
+        stored = await session.stored_message(route.consumer.stream, sequence)
+        if stored is None:
+            log.error("max deliveries advisory for a message no longer stored consumer=%s seq=%s",
+                      route.name, sequence)
+            return
+        failed = FailedDelivery(consumer=route.name, stream=route.consumer.stream, stream_sequence=sequence,
+                                subject=stored.subject, data=stored.data,
+                                event_id=stored.headers.get("Nats-Msg-Id", ""),
+                                deliveries=int(advisory.get("deliveries", 0)),
+                                error="delivery limit reached without an ack (the handler crashed or timed out)")
+        created = await asyncio.to_thread(_record_in_fresh_thread, route.dead_letter_model, failed)
+        if created:
+            self.counts[(route.name, "dead_lettered")] = self.counts.get((route.name, "dead_lettered"), 0) + 1
+
+
+def _record_in_fresh_thread(model_label: str, failed: FailedDelivery) -> bool:
+    try:
+        return dead_letter_record(model_label, failed, refresh=False)
+    finally:
+        connections.close_all()  # a pool thread: leave no connection behind
 
 
 def _handle_in_thread(route: ConsumerRoute, delivery: Delivery) -> tuple[Outcome, str]:

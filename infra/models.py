@@ -62,3 +62,46 @@ class AbstractInboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.consumer} {self.event_id}"
+
+
+class AbstractDeadLetter(models.Model):
+    """A message a consumer gave up on: malformed, or failed on its last delivery.
+
+    One row per (consumer, stream, stream sequence), whichever path saw it first (the handler's
+    last attempt or JetStream's MAX_DELIVERIES advisory). Ops redeliver it (a new event id that
+    records the original) or discard it.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "OPEN"
+        REDELIVERED = "REDELIVERED"
+        DISCARDED = "DISCARDED"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    consumer = models.CharField(max_length=100)
+    stream = models.CharField(max_length=64)
+    stream_sequence = models.BigIntegerField()
+    subject = models.CharField(max_length=200)
+    event_id = models.CharField(max_length=100, blank=True, default="")
+    aggregate_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    payload = models.TextField(help_text="The message body as received (it may not even be JSON).")
+    error = models.TextField()
+    deliveries = models.PositiveIntegerField(default=1)
+    first_failed_at = models.DateTimeField(default=clock.now)
+    last_failed_at = models.DateTimeField(default=clock.now)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.CharField(max_length=150, blank=True, default="")
+    resolution_note = models.CharField(max_length=500, blank=True, default="")
+    redelivered_event_id = models.CharField(max_length=100, blank=True, default="")
+
+    class Meta:
+        abstract = True
+        ordering = ["-last_failed_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["consumer", "stream", "stream_sequence"],
+                                    name="%(app_label)s_deadletter_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} #{self.stream_sequence} ({self.consumer}, {self.status})"

@@ -361,6 +361,30 @@ class JetStreamSession:
     async def ensure(self, streams: Iterable[StreamSpec], consumers: Iterable[ConsumerSpec]) -> list[str]:
         return await _ensure(self._nc, streams, consumers)
 
+    async def on_max_deliveries(self, spec: ConsumerSpec, callback) -> None:
+        """Call `await callback(advisory_dict)` for each MAX_DELIVERIES advisory of the consumer.
+
+        A queue group, so that of several processes running the consumer only one reacts.
+        """
+        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{spec.stream}.{spec.name}"
+
+        async def handler(msg) -> None:
+            try:
+                advisory = json.loads(msg.data)
+            except ValueError:
+                log.error("unreadable advisory on %s: %r", subject, msg.data[:200])
+                return
+            await callback(advisory)
+
+        await self._nc.subscribe(subject, queue=f"a4co-advisories-{spec.name}", cb=handler)
+
+    async def stored_message(self, stream: str, sequence: int) -> StoredMessage | None:
+        try:
+            raw = await self._nc.jsm().get_msg(stream, sequence)
+        except nats.js.errors.NotFoundError:
+            return None
+        return StoredMessage(raw.subject, dict(raw.headers or {}), raw.data or b"", sequence)
+
     async def pull(self, spec: ConsumerSpec) -> PullConsumer:
         sub = await self._js.pull_subscribe_bind(durable=spec.name, stream=spec.stream)
         return PullConsumer(sub, spec)

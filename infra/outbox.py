@@ -35,19 +35,27 @@ def outbox_models() -> list:
 
 def outbox_append(model, message: Message, *, aggregate_id: str) -> uuid.UUID:
     """Add `message` to the outbox table `model` in the current transaction; returns its event id."""
+    event_id, now = uuid.uuid4(), clock.now()
+    return _outbox_insert(model, message.SUBJECT, message_envelope(message, event_id=str(event_id), occurred_at=now),
+                          event_id=event_id, now=now, aggregate_id=aggregate_id)
+
+
+def outbox_append_copy(model, subject: str, payload: dict, *, aggregate_id: str, **extra) -> uuid.UUID:
+    """Re-send a wire object under a new event id (envelope refreshed, `extra` fields added).
+
+    For redelivering dead letters; same transaction rule as outbox_append.
+    """
+    event_id, now = uuid.uuid4(), clock.now()
+    wire = {**payload, **extra, "eventId": str(event_id), "occurredAt": now.isoformat()}
+    return _outbox_insert(model, subject, wire, event_id=event_id, now=now, aggregate_id=aggregate_id)
+
+
+def _outbox_insert(model, subject: str, wire: dict, *, event_id: uuid.UUID, now, aggregate_id: str) -> uuid.UUID:
     alias = router.db_for_write(model)
-    connection = connections[alias]
-    if not connection.in_atomic_block:
-        raise OutboxUsageError(f"outbox_append({message.SUBJECT}) outside a transaction on {alias!r}")
-    event_id = uuid.uuid4()
-    now = clock.now()
-    model.objects.using(alias).create(
-        id=event_id,
-        subject=message.SUBJECT,
-        aggregate_id=aggregate_id,
-        payload=message_envelope(message, event_id=str(event_id), occurred_at=now),
-        created_at=now,
-    )
+    if not connections[alias].in_atomic_block:
+        raise OutboxUsageError(f"outbox write ({subject}) outside a transaction on {alias!r}")
+    model.objects.using(alias).create(id=event_id, subject=subject, aggregate_id=aggregate_id, payload=wire,
+                                      created_at=now)
     _kick_relay_on_commit(alias)
     return event_id
 

@@ -2,8 +2,8 @@
 
 Orchestration makes the seed document's consumer table wrong in two ways (payments did not
 listen to orders.created, and each service must not receive its own commands); this is the
-corrected table. Every consumer names the handler table it dispatches to and the inbox model
-(in its own service's database) that deduplicates deliveries.
+corrected table. Every consumer names the handler table it dispatches to and its service, whose
+database holds the inbox that deduplicates deliveries and the dead letters it gave up on.
 """
 from __future__ import annotations
 
@@ -22,7 +22,15 @@ STREAMS = (
 class ConsumerRoute:
     consumer: ConsumerSpec
     handlers: str      # dotted path of a {subject: handler} table
-    inbox_model: str   # "app_label.Model" of the inbox in the consuming service's database
+    service: str       # app label of the consuming service: its InboxMessage and DeadLetter
+
+    @property
+    def inbox_model(self) -> str:
+        return f"{self.service}.InboxMessage"
+
+    @property
+    def dead_letter_model(self) -> str:
+        return f"{self.service}.DeadLetter"
 
     @property
     def name(self) -> str:
@@ -36,18 +44,18 @@ class ConsumerRoute:
 ROUTES = (
     ConsumerRoute(ConsumerSpec("inventory-service", "ORDERS",
                                ("orders.created", "orders.confirmed", "orders.cancelled")),
-                  "inventory.handlers.HANDLERS", "inventory.InboxMessage"),
+                  "inventory.handlers.HANDLERS", "inventory"),
     ConsumerRoute(ConsumerSpec("inventory-service", "INVENTORY", ("inventory.release_request",)),
-                  "inventory.handlers.HANDLERS", "inventory.InboxMessage"),
+                  "inventory.handlers.HANDLERS", "inventory"),
     ConsumerRoute(ConsumerSpec("payment-service", "PAYMENTS",
                                ("payments.process_request", "payments.cancel_request", "payments.refund_request")),
-                  "payments.handlers.HANDLERS", "payments.InboxMessage"),
+                  "payments.handlers.HANDLERS", "payments"),
     ConsumerRoute(ConsumerSpec("order-service-inventory", "INVENTORY",
                                ("inventory.reserved", "inventory.out_of_stock", "inventory.released")),
-                  "saga.handlers.HANDLERS", "orders.InboxMessage"),
+                  "saga.handlers.HANDLERS", "orders"),
     ConsumerRoute(ConsumerSpec("order-service-payment", "PAYMENTS",
                                ("payments.succeeded", "payments.failed", "payments.cancelled", "payments.refunded")),
-                  "saga.handlers.HANDLERS", "orders.InboxMessage"),
+                  "saga.handlers.HANDLERS", "orders"),
 )
 
 CONSUMER_NAMES = tuple(dict.fromkeys(route.name for route in ROUTES))

@@ -1,7 +1,7 @@
 from django.contrib import admin
 
-from infra.admin import InboxMessageAdminBase, OutboxMessageAdminBase
-from inventory.models import InboxMessage, OutboxMessage, Product, Reservation, ReservationItem
+from infra.admin import DeadLetterAdminBase, InboxMessageAdminBase, OutboxMessageAdminBase
+from inventory.models import DeadLetter, InboxMessage, OutboxMessage, Product, Reservation, ReservationItem
 
 
 @admin.register(Product)
@@ -30,3 +30,4 @@ class ReservationAdmin(admin.ModelAdmin):
 admin.site.register(OutboxMessage, OutboxMessageAdminBase)
 
 admin.site.register(InboxMessage, InboxMessageAdminBase)
+admin.site.register(DeadLetter, DeadLetterAdminBase)

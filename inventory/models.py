@@ -12,7 +12,7 @@ from django.db import models
 from django.db.models import F, Q
 
 from a4co import clock
-from infra.models import AbstractInboxMessage, AbstractOutboxMessage
+from infra.models import AbstractDeadLetter, AbstractInboxMessage, AbstractOutboxMessage
 
 
 class Product(models.Model):
@@ -89,3 +89,9 @@ class InboxMessage(AbstractInboxMessage):
     class Meta(AbstractInboxMessage.Meta):
         db_table = "inventory_inbox"
         verbose_name = "inbox message"
+
+
+class DeadLetter(AbstractDeadLetter):
+    class Meta(AbstractDeadLetter.Meta):
+        db_table = "inventory_deadletter"
+        verbose_name = "dead letter"

@@ -1,7 +1,7 @@
 from django.contrib import admin
 
-from infra.admin import InboxMessageAdminBase, OutboxMessageAdminBase
-from orders.models import InboxMessage, Order, OrderItem, OutboxMessage
+from infra.admin import DeadLetterAdminBase, InboxMessageAdminBase, OutboxMessageAdminBase
+from orders.models import DeadLetter, InboxMessage, Order, OrderItem, OutboxMessage
 
 
 class OrderItemInline(admin.TabularInline):
@@ -23,3 +23,4 @@ class OrderAdmin(admin.ModelAdmin):
 admin.site.register(OutboxMessage, OutboxMessageAdminBase)
 
 admin.site.register(InboxMessage, InboxMessageAdminBase)
+admin.site.register(DeadLetter, DeadLetterAdminBase)

@@ -8,7 +8,7 @@ from django.db import models
 from django.db.models import Q
 
 from a4co import clock
-from infra.models import AbstractInboxMessage, AbstractOutboxMessage
+from infra.models import AbstractDeadLetter, AbstractInboxMessage, AbstractOutboxMessage
 
 
 class Order(models.Model):
@@ -81,3 +81,9 @@ class InboxMessage(AbstractInboxMessage):
     class Meta(AbstractInboxMessage.Meta):
         db_table = "orders_inbox"
         verbose_name = "inbox message"
+
+
+class DeadLetter(AbstractDeadLetter):
+    class Meta(AbstractDeadLetter.Meta):
+        db_table = "orders_deadletter"
+        verbose_name = "dead letter"

@@ -1,7 +1,7 @@
 from django.contrib import admin
 
-from infra.admin import InboxMessageAdminBase, OutboxMessageAdminBase
-from payments.models import InboxMessage, OutboxMessage, Payment
+from infra.admin import DeadLetterAdminBase, InboxMessageAdminBase, OutboxMessageAdminBase
+from payments.models import DeadLetter, InboxMessage, OutboxMessage, Payment
 
 
 @admin.register(Payment)
@@ -15,3 +15,4 @@ class PaymentAdmin(admin.ModelAdmin):
 admin.site.register(OutboxMessage, OutboxMessageAdminBase)
 
 admin.site.register(InboxMessage, InboxMessageAdminBase)
+admin.site.register(DeadLetter, DeadLetterAdminBase)

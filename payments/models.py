@@ -7,7 +7,7 @@ from django.db import models
 from django.db.models import Q
 
 from a4co import clock
-from infra.models import AbstractInboxMessage, AbstractOutboxMessage
+from infra.models import AbstractDeadLetter, AbstractInboxMessage, AbstractOutboxMessage
 
 
 class Payment(models.Model):
@@ -57,3 +57,9 @@ class InboxMessage(AbstractInboxMessage):
     class Meta(AbstractInboxMessage.Meta):
         db_table = "payments_inbox"
         verbose_name = "inbox message"
+
+
+class DeadLetter(AbstractDeadLetter):
+    class Meta(AbstractDeadLetter.Meta):
+        db_table = "payments_deadletter"
+        verbose_name = "dead letter"

@@ -3,7 +3,6 @@ PostgreSQL and NATS servers of the test run (no fakes)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import signal
@@ -12,64 +11,23 @@ import sys
 import threading
 
 import pytest
-from django.db import transaction
 
 from infra import nats as nats_bus
-from infra.consumers import ConsumerRunner, Outcome, delivery_handle
+from infra.consumers import Outcome, delivery_handle
 from infra.nats import jetstream_session
-from infra.outbox import outbox_append
 from infra.relay import outbox_relay_drain
-from infra.streams import ROUTES, STREAMS
+from infra.streams import ROUTES
 from inventory.models import InboxMessage as InventoryInbox
 from inventory.models import OutboxMessage as InventoryOutbox
 from inventory.models import Reservation
-from orders.messages import OrderCreated
 from orders.models import OutboxMessage as OrdersOutbox
 from tests.conftest import ALL_DATABASES
 from tests.factories import ProductFactory
 from tests.helpers import wait_until
+from tests.infra.conftest import RunnerThread, order_created
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
 INVENTORY_ON_ORDERS = next(r for r in ROUTES if r.key == "inventory-service@ORDERS")
-
-
-@pytest.fixture
-def jetstream():
-    """Fresh streams and consumers for each test; this process's NATS connection renewed."""
-    nats_bus.bridge_reset()
-    nats_bus.jetstream_delete_streams_destroying_data([s.name for s in STREAMS])
-    nats_bus.jetstream_ensure(STREAMS, [route.consumer for route in ROUTES])
-    yield
-    nats_bus.bridge_reset()
-
-
-def order_created(order_id: str, product_id: str = "oil", quantity: int = 2):
-    with transaction.atomic(using="orders"):
-        return outbox_append(OrdersOutbox, OrderCreated(
-            order_id=order_id, customer_id="c", items=({"productId": product_id, "quantity": quantity,
-                                                       "unitPrice": "1.00"},),
-            total_amount=quantity, currency="EUR"), aggregate_id=order_id)
-
-
-class RunnerThread:
-    """ConsumerRunner on its own thread and event loop, stopped (gracefully) on exit."""
-
-    def __init__(self, routes):
-        self.runner = ConsumerRunner(routes, fetch_timeout=0.2)
-
-    def __enter__(self):
-        self.loop = asyncio.new_event_loop()
-        ready = asyncio.Event()
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.runner.run(ready),))
-        self.thread.start()
-        wait_until(ready.is_set, timeout=10, message="consumer runner ready")
-        return self.runner
-
-    def __exit__(self, *exc):
-        self.loop.call_soon_threadsafe(self.runner.stop)
-        self.thread.join(timeout=15)
-        assert not self.thread.is_alive(), "consumer runner did not stop"
-        self.loop.close()
 
 
 def test_the_event_id_travels_from_outbox_row_to_nats_msg_id_to_inbox(jetstream):
@@ -168,23 +126,6 @@ def test_concurrent_relays_publish_each_row_once(jetstream):
     assert sum(results) == 60
     stored = nats_bus.jetstream_messages("ORDERS")
     assert {m.headers["Nats-Msg-Id"] for m in stored} == ids and len(stored) == 60
-
-
-def test_a_failing_handler_is_retried_with_backoff_then_given_up(jetstream, settings):
-    from tests.infra import failing_handlers
-
-    settings.CONSUMER_BACKOFF_BASE_SECONDS = 0.05
-    failing = dataclasses.replace(INVENTORY_ON_ORDERS, handlers="tests.infra.failing_handlers.HANDLERS")
-    failing_handlers.CALLS.clear()
-    order_created("order-5")
-    outbox_relay_drain()
-    with RunnerThread([failing]) as runner:
-        wait_until(lambda: runner.counts.get(("inventory-service", "retry"), 0) >= settings.CONSUMER_MAX_DELIVER,
-                   message="all deliveries used")
-    assert runner.counts == {("inventory-service", "retry"): settings.CONSUMER_MAX_DELIVER}
-    assert failing_handlers.CALLS == ["order-5"] * settings.CONSUMER_MAX_DELIVER
-    # Every failed attempt rolled back, inbox row included.
-    assert not InventoryInbox.objects.exists()
 
 
 def test_run_consumers_stops_cleanly_on_sigterm(jetstream):
