@@ -6,7 +6,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from a4co.api import ReadAnyWriteStaff, StrictIntegerField
+from a4co.api import IsStaff, ReadAnyWriteStaff, StrictIntegerField
 from inventory.models import Reservation
 from inventory.selectors import product_get, reservation_get, reservation_get_for_order
 from inventory.services import product_stock_set
@@ -62,6 +62,10 @@ class ReservationOutputSerializer(serializers.Serializer):
 
 
 class ReservationDetailApi(APIView):
+    """Staff only (the inventory service does not know who owns an order)."""
+
+    permission_classes = [IsStaff]
+
     def get(self, request, reservation_id: str):
         reservation = reservation_get(reservation_id=reservation_id)
         if reservation is None:
@@ -70,6 +74,10 @@ class ReservationDetailApi(APIView):
 
 
 class ReservationForOrderApi(APIView):
+    """Staff only (the inventory service does not know who owns an order)."""
+
+    permission_classes = [IsStaff]
+
     def get(self, request, order_id: str):
         reservation = reservation_get_for_order(order_id=order_id)
         if reservation is None:

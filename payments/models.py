@@ -63,3 +63,19 @@ class DeadLetter(AbstractDeadLetter):
     class Meta(AbstractDeadLetter.Meta):
         db_table = "payments_deadletter"
         verbose_name = "dead letter"
+
+
+class StripeWebhookEvent(models.Model):
+    """A Stripe webhook event we accepted: its id makes redelivered webhooks harmless."""
+
+    event_id = models.CharField(max_length=100, primary_key=True)
+    type = models.CharField(max_length=100)
+    payment_intent_id = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    outcome = models.CharField(max_length=200, blank=True, default="")
+    received_at = models.DateTimeField(default=clock.now)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"

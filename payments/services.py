@@ -19,7 +19,7 @@ from a4co.money import to_minor_units
 from infra.outbox import outbox_append
 from payments import stripe_gateway as gateway
 from payments.messages import PaymentCancelled, PaymentFailed, PaymentRefunded, PaymentSucceeded
-from payments.models import OutboxMessage, Payment
+from payments.models import OutboxMessage, Payment, StripeWebhookEvent
 
 log = logging.getLogger(__name__)
 DB = "payments"
@@ -168,3 +168,53 @@ def payment_refund_announce(*, payment: Payment) -> None:
         aggregate_id=payment.order_id)
 
 
+
+
+def payment_webhook_apply(*, event: gateway.WebhookEvent) -> str:
+    """Feed a verified Stripe webhook into the same path as our own charge; returns what happened.
+
+    The event id is recorded in the same transaction as the effect, so a redelivered webhook is
+    a no-op. payment_intent.succeeded / .payment_failed settle an open payment (e.g. one that
+    waited for 3-D Secure) from the PaymentIntent's state as Stripe reports it now (retrieved,
+    not trusted from the webhook body), and announce the outcome. Other event types are
+    recorded and ignored. Raises GatewayUnavailableError if Stripe cannot be asked (the caller
+    answers 503 so that Stripe retries the webhook).
+    """
+    handled = {"payment_intent.succeeded", "payment_intent.payment_failed"}
+    state = (gateway.payment_intent_retrieve(intent_id=event.payment_intent_id)
+             if event.type in handled and event.payment_intent_id else None)
+    with transaction.atomic(using=DB, durable=True):
+        record, created = StripeWebhookEvent.objects.using(DB).get_or_create(
+            event_id=event.id, defaults={"type": event.type, "payment_intent_id": event.payment_intent_id})
+        if not created:
+            return "duplicate"
+        outcome = _webhook_effect(event, state)
+        record.outcome = outcome[:200]
+        record.save(using=DB, update_fields=["outcome"])
+    log.info("stripe webhook eventId=%s type=%s intent=%s: %s", event.id, event.type, event.payment_intent_id, outcome)
+    return outcome
+
+
+def _webhook_effect(event: gateway.WebhookEvent, state: gateway.IntentState | None) -> str:
+    if state is None:
+        return "ignored"
+    payment = (Payment.objects.using(DB).select_for_update()
+               .filter(stripe_payment_intent_id=event.payment_intent_id).first())
+    if payment is None:
+        return "no payment for this PaymentIntent"
+    if payment.status not in OPEN:
+        return f"payment already {payment.status}"
+    now = clock.now()
+    if state.status == "succeeded":
+        payment.status, payment.failure_reason = Payment.Status.SUCCEEDED, ""
+    elif state.status in ("requires_payment_method", "canceled"):
+        reason = f"payment failed ({state.decline_code or state.status})"
+        if state.decline_message:
+            reason += f": {state.decline_message}"
+        payment.status, payment.failure_reason = Payment.Status.FAILED, reason[:500]
+    else:
+        return f"payment intent is {state.status}; nothing to do yet"
+    payment.updated_at = now
+    payment.save(using=DB, update_fields=["status", "failure_reason", "updated_at"])
+    payment_outcome_announce(payment=payment)
+    return f"payment {payment.status}"

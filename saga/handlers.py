@@ -44,7 +44,7 @@ def handle_payments_failed(message: PaymentFailed) -> None:
 
 def handle_payments_cancelled(message: PaymentCancelled) -> None:
     saga_apply(order_id=message.order_id, trigger=Trigger.PAYMENT_CANCELLED, reason=message.reason,
-               detail={"paymentId": message.payment_id})
+               payment_id=message.payment_id or "", detail={"paymentId": message.payment_id})
 
 
 def handle_payments_refunded(message: PaymentRefunded) -> None:

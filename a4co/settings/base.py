@@ -158,6 +158,9 @@ CELERY_BEAT_SCHEDULE = {
 STRIPE_API_BASE = env_str("STRIPE_API_BASE", "http://127.0.0.1:18420")
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "sk_test_localstripe")
 STRIPE_TIMEOUT_SECONDS = env_int("STRIPE_TIMEOUT_SECONDS", 10)
+# Signing secret of the webhook endpoint (whsec_...); the endpoint answers 503 while it is unset.
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
 
 # --- Saga timeouts ----------------------------------------------------------------------
 SAGA_TIMEOUT_SECONDS = env_int("SAGA_TIMEOUT_SECONDS", 300)

@@ -71,11 +71,11 @@ def test_happy_path_confirms(system, shop, ops, product):
     done = final(system, shop, order["orderId"])
     assert done["status"] == "CONFIRMED"
     assert done["paymentId"] and done["reservationId"]
-    payment = shop.get(f"{system.base_url}/api/v1/payments/order/{order['orderId']}").json()
+    payment = ops.get(f"{system.base_url}/api/v1/payments/order/{order['orderId']}").json()
     assert payment["status"] == "SUCCEEDED" and payment["amount"] == "29.75"
     assert payment["stripePaymentIntentId"].startswith("pi_") and payment["paymentId"] == done["paymentId"]
     wait_until(lambda: stock(system, shop, oil) == (8, 0, 2), message="stock committed")
-    reservation = shop.get(f"{system.base_url}/api/v1/inventory/reservations/order/{order['orderId']}").json()
+    reservation = ops.get(f"{system.base_url}/api/v1/inventory/reservations/order/{order['orderId']}").json()
     assert reservation["status"] == "COMMITTED" and reservation["reservationId"] == done["reservationId"]
     saga = ops.get(f"{system.base_url}/api/v1/sagas/{order['orderId']}").json()
     assert saga["status"] == "COMPLETED"
@@ -84,32 +84,32 @@ def test_happy_path_confirms(system, shop, ops, product):
     assert all(s["eventId"] for s in saga["steps"][1:])
 
 
-def test_declined_payment_cancels_and_returns_stock(system, shop, product):
+def test_declined_payment_cancels_and_returns_stock(system, shop, ops, product):
     oil = product(10)
     order = place(system, shop, (oil, 4, "2"), paymentMethod="pm_card_chargeCustomerFail")
     done = final(system, shop, order["orderId"])
     assert done["status"] == "CANCELLED"
     assert "payment" in done["cancellationReason"]
     wait_until(lambda: stock(system, shop, oil) == (10, 0, 0), message="stock returned")
-    payment = shop.get(f"{system.base_url}/api/v1/payments/order/{order['orderId']}").json()
+    payment = ops.get(f"{system.base_url}/api/v1/payments/order/{order['orderId']}").json()
     assert payment["status"] == "FAILED" and "declined" in payment["failureReason"]
 
 
-def test_out_of_stock_fails(system, shop, product):
+def test_out_of_stock_fails(system, shop, ops, product):
     saffron = product(1)
     order = place(system, shop, (saffron, 2, "9.99"))
     done = final(system, shop, order["orderId"])
     assert done["status"] == "FAILED" and saffron in done["failureReason"]
     assert stock(system, shop, saffron) == (1, 0, 0)
-    assert shop.get(f"{system.base_url}/api/v1/payments/order/{order['orderId']}").status_code == 404
+    assert ops.get(f"{system.base_url}/api/v1/payments/order/{order['orderId']}").status_code == 404
 
 
-def test_multi_line_order_with_one_short_line_fails_whole(system, shop, product):
+def test_multi_line_order_with_one_short_line_fails_whole(system, shop, ops, product):
     plenty, scarce = product(50), product(1)
     order = place(system, shop, (plenty, 5, "1"), (scarce, 2, "1"))
     assert final(system, shop, order["orderId"])["status"] == "FAILED"
     assert stock(system, shop, plenty) == (50, 0, 0) and stock(system, shop, scarce) == (1, 0, 0)
-    assert shop.get(f"{system.base_url}/api/v1/inventory/reservations/order/{order['orderId']}").status_code == 404
+    assert ops.get(f"{system.base_url}/api/v1/inventory/reservations/order/{order['orderId']}").status_code == 404
 
 
 def three_d_secure_payment_method() -> str:
@@ -125,7 +125,7 @@ def test_cancel_while_payment_is_pending(system, shop, ops, product):
     oil = product(5)
     order = place(system, shop, (oil, 2, "3"), paymentMethod=three_d_secure_payment_method())
     order_id = order["orderId"]
-    wait_until(lambda: shop.get(f"{system.base_url}/api/v1/payments/order/{order_id}").json()
+    wait_until(lambda: ops.get(f"{system.base_url}/api/v1/payments/order/{order_id}").json()
                .get("status") == "REQUIRES_ACTION", message="payment waiting for 3-D Secure")
     assert stock(system, shop, oil) == (3, 2, 0)
     response = shop.post(f"{system.base_url}/api/v1/orders/{order_id}/cancel", json={"reason": "too slow"})

@@ -189,12 +189,16 @@ class TestStaffOnly:
         response = staff_api.put("/api/v1/inventory/products/p", body, format="json")
         assert response.status_code == 400 and field in response.json()
 
-    def test_unknown_things_are_404(self, api):
+    def test_unknown_things_are_404(self, api, staff_api):
         assert api.get("/api/v1/inventory/products/nope").status_code == 404
-        assert api.get(f"/api/v1/inventory/reservations/{uuid.uuid4()}").status_code == 404
-        assert api.get("/api/v1/inventory/reservations/bad-id").status_code == 404
-        assert api.get(f"/api/v1/inventory/reservations/order/{uuid.uuid4()}").status_code == 404
-        assert api.get(f"/api/v1/payments/order/{uuid.uuid4()}").status_code == 404
+        assert staff_api.get(f"/api/v1/inventory/reservations/{uuid.uuid4()}").status_code == 404
+        assert staff_api.get("/api/v1/inventory/reservations/bad-id").status_code == 404
+        assert staff_api.get(f"/api/v1/inventory/reservations/order/{uuid.uuid4()}").status_code == 404
+        assert staff_api.get(f"/api/v1/payments/order/{uuid.uuid4()}").status_code == 404
+
+    @pytest.mark.parametrize("path", ["/api/v1/inventory/reservations/order/x", "/api/v1/payments/order/x"])
+    def test_reservations_and_payments_are_staff_only(self, api, path):
+        assert api.get(path).status_code == 403
 
 
 def test_healthz_is_open(client):
