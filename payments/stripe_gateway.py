@@ -221,3 +221,55 @@ def webhook_signature_for_tests(*, payload: bytes, secret: str, timestamp: int) 
     """The Stripe-Signature header Stripe would send (for tests and local tooling)."""
     signature = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={signature}"
+
+
+# --- Reconciliation -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class OrderMoney:
+    """What Stripe says happened to an order's money, in minor units."""
+
+    succeeded_intents: int = 0
+    charged_minor: int = 0
+    refunded_minor: int = 0
+    refunds: int = 0
+
+    @property
+    def kept_minor(self) -> int:
+        return self.charged_minor - self.refunded_minor
+
+
+def _list_all(listing, params: dict):
+    starting_after = None
+    while True:
+        page = _call(listing, params={**params, "limit": 100,
+                                      **({"starting_after": starting_after} if starting_after else {})})
+        yield from page.data
+        if not page.has_more or not page.data:
+            return
+        starting_after = page.data[-1].id
+
+
+def money_by_order() -> dict[str, OrderMoney]:
+    """Every order's charges and refunds at Stripe (PaymentIntents and refunds carrying our
+    order_id metadata). Reads everything: for reconciliation and the invariant checker."""
+    client = _client()
+    money: dict[str, OrderMoney] = {}
+    intent_orders: dict[str, str] = {}
+    for intent in _list_all(client.v1.payment_intents.list, {}):
+        order_id = _as_dict(intent.metadata).get("order_id")
+        if not order_id:
+            continue
+        intent_orders[intent.id] = order_id
+        entry = money.setdefault(order_id, OrderMoney())
+        if intent.status == "succeeded":
+            entry.succeeded_intents += 1
+            entry.charged_minor += int(intent.amount)
+    for refund in _list_all(client.v1.refunds.list, {}):
+        order_id = _as_dict(refund.metadata).get("order_id") or intent_orders.get(getattr(refund, "payment_intent", ""))
+        if order_id and refund.status != "failed":
+            entry = money.setdefault(order_id, OrderMoney())
+            entry.refunded_minor += int(refund.amount or 0)
+            entry.refunds += 1
+    return money
