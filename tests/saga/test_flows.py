@@ -304,3 +304,32 @@ def test_poison_messages_are_not_retried():
     for data in (b"not json", b"[]", b'{"orderId": 5}'):
         outcome, reason = delivery_handle(route, subject="orders.created", data=data, msg_id="m-1", num_delivered=1)
         assert outcome is Outcome.POISON and reason
+
+
+HAPPY_PATH = ["orders.created", "inventory.reserved", "payments.process_request", "payments.succeeded",
+              "orders.confirmed"]
+
+
+@pytest.mark.parametrize("delivered", range(len(HAPPY_PATH) + 1),
+                         ids=[f"after-{n}-messages" for n in range(len(HAPPY_PATH) + 1)])
+def test_a_cancel_at_any_point_of_the_saga_ends_consistently(api, stock, settings, delivered):
+    """Cancel after the first `delivered` messages of the happy path were handled: either the order
+    is CANCELLED with its stock back and no money kept, or it was already CONFIRMED and the cancel
+    is a 409 that changes nothing."""
+    order_id = place(api, ("oil", 3, "4.20"))
+    for subject in HAPPY_PATH[:delivered]:
+        pump(only={subject})
+    response = api.post(f"/api/v1/orders/{order_id}/cancel", {"reason": "race"}, format="json")
+    pump()
+    final = order(order_id)
+    payment = Payment.objects.filter(order_id=order_id).first()
+    if response.status_code == 409:
+        assert final.status == "CONFIRMED" and delivered >= 4
+        assert stock_of("oil") == (7, 0, 3) and payment.status == "SUCCEEDED"
+    else:
+        assert response.status_code == 202
+        assert final.status == "CANCELLED"
+        assert stock_of("oil") == (10, 0, 0)
+        assert payment is None or payment.status in ("CANCELED", "REFUNDED", "FAILED")
+        if payment is not None and payment.status == "REFUNDED":
+            assert payment.refunded_amount == payment.amount
