@@ -35,6 +35,8 @@ from django.conf import settings
 from django.db import close_old_connections, connections, router, transaction
 from django.utils.module_loading import import_string
 
+from a4co.logging import log_context
+from infra import metrics
 from infra.deadletters import FailedDelivery, dead_letter_record
 from infra.messages import MalformedMessageError, message_parse
 from infra.nats import Delivery, jetstream_session
@@ -111,28 +113,29 @@ def delivery_handle(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: 
                          aggregate_id=order_id, deliveries=num_delivered)
             yield
 
-    token = _current_event_id.set(event_id)
-    try:
-        if getattr(handler, "outside_transaction", False):
-            handler(message, effect=effect)
-        else:
-            with effect():
-                handler(message)
-    except DuplicateDeliveryError:
-        log.info("duplicate skipped consumer=%s subject=%s eventId=%s orderId=%s",
-                 route.name, subject, event_id, order_id)
-        return Outcome.DUPLICATE, ""
-    except MalformedMessageError as exc:
-        return Outcome.POISON, str(exc)
-    except Exception as exc:
-        log.exception("handler failed consumer=%s subject=%s eventId=%s orderId=%s delivery=%d",
-                      route.name, subject, event_id, order_id, num_delivered)
-        return Outcome.RETRY, f"{type(exc).__name__}: {exc}"
-    finally:
-        _current_event_id.reset(token)
-    log.info("handled consumer=%s subject=%s eventId=%s orderId=%s delivery=%d",
-             route.name, subject, event_id, order_id, num_delivered)
-    return Outcome.HANDLED, ""
+    with log_context(order_id=order_id, event_id=event_id, consumer=route.name, subject=subject):
+        token = _current_event_id.set(event_id)
+        try:
+            if getattr(handler, "outside_transaction", False):
+                handler(message, effect=effect)
+            else:
+                with effect():
+                    handler(message)
+        except DuplicateDeliveryError:
+            log.debug("duplicate skipped consumer=%s subject=%s eventId=%s orderId=%s",
+                     route.name, subject, event_id, order_id)
+            return Outcome.DUPLICATE, ""
+        except MalformedMessageError as exc:
+            return Outcome.POISON, str(exc)
+        except Exception as exc:
+            log.exception("handler failed consumer=%s subject=%s eventId=%s orderId=%s delivery=%d",
+                          route.name, subject, event_id, order_id, num_delivered)
+            return Outcome.RETRY, f"{type(exc).__name__}: {exc}"
+        finally:
+            _current_event_id.reset(token)
+        log.debug("handled consumer=%s subject=%s eventId=%s orderId=%s delivery=%d",
+                 route.name, subject, event_id, order_id, num_delivered)
+        return Outcome.HANDLED, ""
 
 
 class ConsumerRunner:
@@ -162,27 +165,30 @@ class ConsumerRunner:
         log.info("consumers stopped")
 
     async def _consume(self, route: ConsumerRoute, pull) -> None:
-        loop = asyncio.get_running_loop()
-        # One thread per route: Django connections are per thread, and messages of one
-        # route are handled in stream order.
-        with ThreadPoolExecutor(1, thread_name_prefix=route.key) as executor:
+        # A fetched batch is split by order: the messages of one order are handled one after the
+        # other, in stream order, and different orders in parallel on a few threads (handlers
+        # spend most of their time waiting for the database). Django connections are per thread.
+        threads = max(1, settings.CONSUMER_THREADS)
+        with ThreadPoolExecutor(threads, thread_name_prefix=route.key) as executor:
             while not self._stop.is_set():
                 deliveries = await pull.fetch(settings.CONSUMER_FETCH_BATCH, self.fetch_timeout)
-                for index, delivery in enumerate(deliveries):
-                    if self._stop.is_set():
-                        # Give the rest back at once so another consumer process takes them.
-                        for rest in deliveries[index:]:
-                            await rest.nak()
-                        break
-                    outcome, reason = await loop.run_in_executor(
-                        executor, _handle_in_thread, route, delivery)
-                    await self._settle(route, delivery, outcome, reason, executor)
-            await loop.run_in_executor(executor, close_old_connections)
+                if deliveries:
+                    await asyncio.gather(*(self._handle_in_order(route, group, executor)
+                                           for group in _by_order(deliveries)))
+            for _ in range(threads):
+                executor.submit(close_old_connections)
+
+    async def _handle_in_order(self, route: ConsumerRoute, deliveries: list[Delivery], executor) -> None:
+        loop = asyncio.get_running_loop()
+        for delivery in deliveries:
+            outcome, reason = await loop.run_in_executor(executor, _handle_in_thread, route, delivery)
+            await self._settle(route, delivery, outcome, reason, executor)
 
     async def _settle(self, route: ConsumerRoute, delivery: Delivery, outcome: Outcome, reason: str,
                       executor) -> None:
         key = (route.name, outcome.value)
         self.counts[key] = self.counts.get(key, 0) + 1
+        metrics.consumer_delivery_settled(route, delivery, outcome)
         if outcome in (Outcome.HANDLED, Outcome.DUPLICATE):
             await delivery.ack()
             return
@@ -199,6 +205,7 @@ class ConsumerRunner:
         await asyncio.get_running_loop().run_in_executor(
             executor, dead_letter_record, route.dead_letter_model, failed)
         self.counts[(route.name, "dead_lettered")] = self.counts.get((route.name, "dead_lettered"), 0) + 1
+        metrics.consumer_dead_lettered(route, source="handler")
         await delivery.term()
 
     async def _on_max_deliveries(self, route: ConsumerRoute, session, advisory: dict) -> None:
@@ -217,6 +224,19 @@ class ConsumerRunner:
         created = await asyncio.to_thread(_record_in_fresh_thread, route.dead_letter_model, failed)
         if created:
             self.counts[(route.name, "dead_lettered")] = self.counts.get((route.name, "dead_lettered"), 0) + 1
+            metrics.consumer_dead_lettered(route, source="advisory")
+
+
+def _by_order(deliveries: list[Delivery]) -> list[list[Delivery]]:
+    """Group deliveries by the order they are about (stream order kept within each group)."""
+    groups: dict[str, list[Delivery]] = {}
+    for delivery in deliveries:
+        try:
+            key = str(json.loads(delivery.data).get("orderId") or delivery.msg_id)
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            key = delivery.msg_id or str(delivery.stream_sequence)
+        groups.setdefault(key, []).append(delivery)
+    return list(groups.values())
 
 
 def _record_in_fresh_thread(model_label: str, failed: FailedDelivery) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 
+import redis
 from django.apps import apps
 from django.conf import settings
 from django.db import connections, router, transaction
@@ -71,15 +72,48 @@ def _kick_relay_on_commit(alias: str) -> None:
     transaction.on_commit(relay_kick, using=alias)
 
 
+KICK_FLAG = "a4co:relay:kick-pending"
+
+
+def _kick_flags():
+    """The Redis client used to coalesce kicks (None when the broker is not Redis)."""
+    global _flags
+    if _flags is None:
+        url = settings.CELERY_BROKER_URL
+        _flags = redis.Redis.from_url(url, socket_timeout=1) if url.startswith(("redis://", "rediss://")) else False
+    return _flags or None
+
+
+_flags = None
+
+
 def relay_kick() -> None:
-    """Ask a Celery worker to drain the outboxes now. Never raises: beat is the safety net."""
+    """Ask a Celery worker to drain the outboxes now. Never raises: beat is the safety net.
+
+    Kicks are coalesced: a kick only sends a task when none is pending (a Redis flag the relay
+    task clears before it reads the outboxes), so a burst of commits costs one relay run, and no
+    commit is missed (a commit that finds the flag set happened before the pending run's read).
+    """
     from infra.tasks import outbox_relay
 
     try:
+        flags = _kick_flags()
+        if flags is not None and not flags.set(KICK_FLAG, 1, nx=True, px=settings.RELAY_KICK_FLAG_TTL_MS):
+            return
         outbox_relay.apply_async(retry=False)
     except Exception:  # the broker being down must not fail a committed request
         log.warning("relay kick failed; beat will relay within %ss", settings.RELAY_BEAT_SECONDS,
                     exc_info=True)
+
+
+def relay_kick_taken() -> None:
+    """Called by the relay before it reads the outboxes: later commits must kick again."""
+    flags = _kick_flags()
+    if flags is not None:
+        try:
+            flags.delete(KICK_FLAG)
+        except redis.RedisError:
+            log.warning("could not clear the relay kick flag; it expires by itself", exc_info=True)
 
 
 def inbox_record(model, *, consumer: str, event_id: str, subject: str, aggregate_id: str,

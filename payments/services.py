@@ -41,10 +41,15 @@ def payment_prepare(*, order_id: str, customer_id: str, amount: Decimal, currenc
 
 
 def _payment_update(payment: Payment, *, only_if: tuple, **fields) -> Payment:
+    """Update the payment if its status is still one of `only_if`; returns its current state."""
     fields["updated_at"] = clock.now()
     with transaction.atomic(using=DB, durable=True):
-        Payment.objects.using(DB).filter(id=payment.id, status__in=only_if).update(**fields)
-        return Payment.objects.using(DB).get(id=payment.id)
+        updated = Payment.objects.using(DB).filter(id=payment.id, status__in=only_if).update(**fields)
+        if not updated:  # it moved on meanwhile: report where it is now
+            return Payment.objects.using(DB).get(id=payment.id)
+    for name, value in fields.items():
+        setattr(payment, name, value)
+    return payment
 
 
 def payment_charge(*, payment: Payment) -> Payment:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import uuid
 
 from django.conf import settings
 from django.db import transaction
 
 from a4co import clock
+from a4co.errors import ApplicationError, NotFoundError
 from infra.consumers import current_event_id
 from infra.outbox import outbox_append
 from inventory.messages import InventoryReleaseRequest
@@ -24,7 +26,7 @@ from orders.models import Order, OutboxMessage
 from payments.messages import PaymentCancelRequest, PaymentProcessRequest, PaymentRefundRequest
 from saga.definition import TERMINAL, Effect, Trigger
 from saga.engine import Decision, EngineConfig, saga_decide, saga_initial_state
-from saga.models import SagaInstance, SagaStep
+from saga.models import AuditEntry, SagaInstance, SagaStep
 
 log = logging.getLogger(__name__)
 DB = "orders"
@@ -83,12 +85,14 @@ def saga_apply(*, order_id: str, trigger: Trigger, reason: str = "", event_id: s
     if not transaction.get_connection(DB).in_atomic_block:
         raise RuntimeError("saga_apply needs a transaction on the orders database")
     event_id = event_id or current_event_id()
-    order = Order.objects.using(DB).select_for_update().filter(id=order_id).first()
-    if order is None:
+    # One statement locks the saga and its order together.
+    saga = SagaInstance.objects.using(DB).select_related("order").select_for_update().filter(
+        order_id=order_id).first()
+    if saga is None:
         log.warning("saga event for unknown order ignored orderId=%s trigger=%s eventId=%s",
                     order_id, trigger, event_id)
         return SagaResult(decision=None, order=None)
-    saga = SagaInstance.objects.using(DB).select_for_update().get(order=order)
+    order = saga.order
     now = clock.now()
     if trigger is Trigger.TIMEOUT and (saga.deadline_at is None or saga.deadline_at > now):
         # The saga moved on (and got a new deadline) since the sweep picked it.
@@ -118,13 +122,13 @@ def saga_apply(*, order_id: str, trigger: Trigger, reason: str = "", event_id: s
     if decision.state.status in TERMINAL and saga.finished_at is None:
         saga.finished_at = now
     saga.save(using=DB)
-    status_from = before.status
+    steps, status_from = [], before.status
     for status_to in decision.path or (before.status,):
-        SagaStep.objects.using(DB).create(
-            saga=saga, step=decision.step, trigger=trigger, outcome=decision.outcome,
-            status_from=status_from, status_to=status_to, event_id=event_id,
-            detail=step_detail, created_at=now)
+        steps.append(SagaStep(saga=saga, step=decision.step, trigger=trigger, outcome=decision.outcome,
+                              status_from=status_from, status_to=status_to, event_id=event_id,
+                              detail=step_detail, created_at=now))
         status_from = status_to
+    SagaStep.objects.using(DB).bulk_create(steps)
     for effect in decision.effects:
         _effect_emit(effect, order=order, decision=decision, now=now)
     order.updated_at = now
@@ -192,3 +196,134 @@ def saga_compensation_retry(*, order_id: str, reason: str) -> SagaResult:
     """
     with transaction.atomic(using=DB, durable=True):
         return saga_apply(order_id=order_id, trigger=Trigger.RETRY, reason=reason)
+
+
+# --- Ops actions (the admin console) -----------------------------------------------------------
+# Each one needs a reason, runs in one durable transaction on `orders`, and writes an AuditEntry
+# in that same transaction: an action is never carried out without its audit entry, nor the
+# other way round. An action the saga's state does not allow changes nothing but is still
+# audited, as REFUSED, with the engine's explanation (no step-log row, no ignored-event count).
+
+OPS_REASON_MAX_LENGTH = 300
+
+
+class OpsReasonError(ApplicationError):
+    code = "reason_required"
+
+
+@dataclasses.dataclass(frozen=True)
+class OpsResult:
+    applied: bool        # False: refused, nothing changed (see `message`)
+    message: str         # one line for the operator
+    status: str          # the saga's status afterwards
+    audit: AuditEntry
+
+
+def ops_reason_clean(reason: str) -> str:
+    """The reason, stripped; OpsReasonError if it is blank or longer than OPS_REASON_MAX_LENGTH."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise OpsReasonError("every ops action needs a reason", fields={"reason": "required"})
+    if len(reason) > OPS_REASON_MAX_LENGTH:
+        raise OpsReasonError(f"the reason is longer than {OPS_REASON_MAX_LENGTH} characters",
+                             fields={"reason": f"at most {OPS_REASON_MAX_LENGTH} characters"})
+    return reason
+
+
+def audit_record(*, user: str, action: str, target: str, reason: str, outcome: str,
+                 details: dict | None = None, entry_id: uuid.UUID | None = None) -> AuditEntry:
+    """Write one audit entry on `orders`: in the caller's transaction there if it has one (so it
+    commits or rolls back with the action), on its own otherwise (actions on other databases)."""
+    return AuditEntry.objects.using(DB).create(
+        id=entry_id or uuid.uuid4(), at=clock.now(), user=user[:150], action=action, target=str(target)[:64],
+        reason=reason[:OPS_REASON_MAX_LENGTH], outcome=outcome, details=details or {})
+
+
+def saga_retry_step(*, order_id: str, reason: str, by: str) -> OpsResult:
+    """Ops: re-send, through the outbox, the command the saga's current step is waiting on.
+
+    STARTED: orders.created again (inventory reserves at most once per order and answers again);
+    PAYMENT_PROCESSING: payments.process_request again (never charged twice: one payment per
+    order, one PaymentIntent); COMPENSATING or COMPENSATION_FAILED: the pending undo again, back
+    to COMPENSATING with a fresh attempt budget. The saga's deadlines are not extended. Any other
+    status: refused (nothing is outstanding). Raises OpsReasonError, NotFoundError.
+    """
+    def resend_order_created(result: SagaResult) -> list[str]:
+        if result.decision.step != "reserve_inventory":
+            return []
+        _order_created_resend(result.order)
+        return [OrderCreated.SUBJECT]
+
+    return _ops_apply(order_id=order_id, trigger=Trigger.RETRY_STEP, action=AuditEntry.Action.RETRY_STEP,
+                      reason=reason, by=by, also=resend_order_created)
+
+
+def saga_force_compensation(*, order_id: str, reason: str, by: str) -> OpsResult:
+    """Ops: compensate now, as a cancel would (STARTED or PAYMENT_PROCESSING): the payment is
+    settled, then the stock released, then the order CANCELLED with "compensation forced by ops:
+    <reason>". Refused once the saga ended or is already compensating. Raises OpsReasonError,
+    NotFoundError.
+    """
+    return _ops_apply(order_id=order_id, trigger=Trigger.FORCE_COMPENSATION,
+                      action=AuditEntry.Action.FORCE_COMPENSATION, reason=reason, by=by)
+
+
+def saga_mark_resolved(*, order_id: str, reason: str, by: str) -> OpsResult:
+    """Ops: end a COMPENSATION_FAILED saga after what was left was fixed by hand: COMPENSATED,
+    the order CANCELLED (it keeps its original cancellation reason) and orders.cancelled sent.
+    Nothing else is sent: whatever the pending undo was supposed to do, ops did. Refused in
+    any other status. Raises OpsReasonError, NotFoundError.
+    """
+    return _ops_apply(order_id=order_id, trigger=Trigger.RESOLVE, action=AuditEntry.Action.MARK_RESOLVED,
+                      reason=reason, by=by)
+
+
+def _ops_apply(*, order_id: str, trigger: Trigger, action: str, reason: str, by: str,
+               also=None) -> OpsResult:
+    reason = ops_reason_clean(reason)
+    try:
+        uuid.UUID(str(order_id))
+    except ValueError:
+        raise NotFoundError(f"no order {order_id}") from None
+    entry_id = uuid.uuid4()
+    with transaction.atomic(using=DB, durable=True):
+        # Same lock order as saga_apply (order, then saga), which takes them again for free.
+        order = Order.objects.using(DB).select_for_update().filter(id=order_id).first()
+        if order is None:
+            raise NotFoundError(f"no order {order_id}")
+        saga = SagaInstance.objects.using(DB).select_for_update().get(order=order)
+        before = saga.to_state()
+        details = {"statusBefore": before.status.value, "stepBefore": before.current_step}
+        preview = saga_decide(before, trigger, now=clock.now(), config=engine_config(), reason=reason)
+        if not preview.applied:
+            why = f"{action.replace('_', ' ')} does not apply in {before.status}"
+            entry = audit_record(user=by, action=action, target=order_id, reason=reason,
+                                 outcome=AuditEntry.Outcome.REFUSED, details={**details, "why": why},
+                                 entry_id=entry_id)
+            return OpsResult(applied=False, message=why, status=before.status.value, audit=entry)
+        result = saga_apply(order_id=order_id, trigger=trigger, reason=reason,
+                            detail={"by": by, "audit": str(entry_id)})
+        sent = [str(effect) for effect in result.decision.effects] + (also(result) if also else [])
+        after = result.decision.state
+        details.update(statusAfter=after.status.value, stepAfter=after.current_step, sent=sent)
+        entry = audit_record(user=by, action=action, target=order_id, reason=reason,
+                             outcome=AuditEntry.Outcome.APPLIED, details=details, entry_id=entry_id)
+    log.info("ops action=%s orderId=%s by=%s %s -> %s sent=%s reason=%s", action, order_id, by,
+             before.status, after.status, ",".join(sent) or "-", reason)
+    moved = f"{before.status} -> {after.status}" if after.status != before.status else f"still {after.status}"
+    return OpsResult(applied=True, message=f"{moved}; sent {', '.join(sent) or 'nothing'}",
+                     status=after.status.value, audit=entry)
+
+
+def _order_created_resend(order: Order) -> None:
+    """orders.created again, as saga_start sent it (under a new event id)."""
+    items = list(order.items.all())
+    outbox_append(OutboxMessage, OrderCreated(
+        order_id=str(order.id),
+        customer_id=order.customer_id,
+        items=tuple({"productId": i.product_id, "quantity": i.quantity, "unitPrice": str(i.unit_price)}
+                    for i in items),
+        total_amount=order.total_amount,
+        currency=order.currency,
+        reservation_ttl_seconds=order.reservation_ttl_seconds,
+    ), aggregate_id=str(order.id))

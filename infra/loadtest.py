@@ -1,0 +1,258 @@
+"""The load generator: drives the public HTTP API like a shop front, waits for every saga to end,
+and reports throughput, POST -> terminal latency (server timestamps), outcomes and the CPU
+every process of the stack spent.
+
+Closed loop (`concurrency` clients, each placing its next order when the previous POST
+returned) or open loop (`rate` orders per second, whatever the latency). The orders use their
+own products (created through the API) and real payment methods: `ok` pays with pm_card_visa,
+`decline` with pm_card_chargeCustomerFail, `oos` asks for a product with no stock. A run fails
+if any order ends in the wrong state or the stock does not add up.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import random
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import requests
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+
+from inventory.models import Product
+from orders.models import Order
+from saga.models import SagaInstance
+
+EXPECTED = {"ok": "CONFIRMED", "decline": "CANCELLED", "oos": "FAILED"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def parse_mix(text: str) -> dict[str, int]:
+    """"ok=85,decline=10,oos=5" -> weights. ValueError names what is wrong."""
+    mix = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        name = name.strip()
+        if name not in EXPECTED:
+            raise ValueError(f"unknown order kind {name!r} (use {', '.join(EXPECTED)})")
+        if not weight.strip().isdigit():
+            raise ValueError(f"weight of {name!r} must be a whole number")
+        mix[name] = int(weight)
+    if not sum(mix.values()):
+        raise ValueError("the mix needs a positive weight")
+    return mix
+
+
+# --- CPU accounting from /proc -------------------------------------------------------------------
+
+
+def _process_groups() -> dict[int, float]:
+    """CPU seconds (user + system) of every live process, summed per process group."""
+    groups: dict[int, float] = defaultdict(float)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[0] is field 3 (state); pgrp is field 5, utime 14, stime 15, cutime 16, cstime 17.
+        pgrp = int(fields[2])
+        groups[pgrp] += sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
+    return groups
+
+
+class CpuMeter:
+    """CPU seconds per process kind of the stack, from the devstack state file's process groups."""
+
+    def __init__(self, state_path: Path | None):
+        self.kinds: dict[str, int] = {}
+        if state_path and state_path.exists():
+            state = json.loads(state_path.read_text())
+            for name, process in state.get("processes", {}).items():
+                group = process.get("group") or process.get("pid")
+                if group:
+                    self.kinds[name] = int(group)
+        self.kinds["loadtest"] = os.getpgrp()
+        self._start = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        groups = _process_groups()
+        return {name: groups.get(group, 0.0) for name, group in self.kinds.items()}
+
+    def spent(self) -> dict[str, float]:
+        end = self._sample()
+        return {name: max(0.0, end[name] - self._start.get(name, 0.0)) for name in self.kinds}
+
+
+# --- The run ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class LoadReport:
+    orders: int
+    seconds: float
+    outcomes: Counter
+    wrong: list[str]
+    errors: Counter
+    latencies_ms: list[float]
+    cpu_seconds: dict[str, float]
+    stock_problems: list[str]
+
+    @property
+    def sagas_per_second(self) -> float:
+        return self.orders / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+    @property
+    def cpu_ms_per_saga(self) -> float:
+        spent = sum(v for k, v in self.cpu_seconds.items() if k != "loadtest")
+        return 1000 * spent / self.orders if self.orders else 0.0
+
+    def as_dict(self) -> dict:
+        return {"orders": self.orders, "seconds": round(self.seconds, 3),
+                "sagas_per_second": round(self.sagas_per_second, 1),
+                "latency_ms": {f"p{p}": round(self.percentile(p), 1) for p in (50, 95, 99)},
+                "outcomes": dict(self.outcomes), "wrong": self.wrong[:20], "errors": dict(self.errors),
+                "cpu_seconds": {k: round(v, 2) for k, v in self.cpu_seconds.items()},
+                "cpu_ms_per_saga": round(self.cpu_ms_per_saga, 2), "stock_problems": self.stock_problems}
+
+
+class LoadTest:
+    def __init__(self, *, base_url: str, orders: int, concurrency: int, rate: float | None, mix: dict[str, int],
+                 seed: int, state_path: Path | None, timeout: float, progress=sys.stderr):
+        self.base_url, self.orders, self.concurrency, self.rate = base_url.rstrip("/"), orders, concurrency, rate
+        self.mix, self.rng, self.state_path, self.timeout, self.progress = mix, random.Random(seed), state_path, \
+            timeout, progress
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.placed: list[tuple[str, str]] = []
+        self.errors: Counter = Counter()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers["Authorization"] = f"Token {self.token}"
+            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=1)
+            session.mount("http://", adapter)
+        return session
+
+    def _prepare(self) -> None:
+        user, _ = get_user_model().objects.get_or_create(username="loadtest", defaults={"is_staff": True})
+        if not user.is_staff:
+            user.is_staff = True
+            user.save()
+        self.token = Token.objects.get_or_create(user=user)[0].key
+        run = uuid.uuid4().hex[:8]
+        self.products = [f"lt-{run}-{i}" for i in range(16)]
+        self.empty = f"lt-{run}-empty"
+        for product_id, quantity in [*((p, self.orders * 2) for p in self.products), (self.empty, 0)]:
+            response = self._session().put(f"{self.base_url}/api/v1/inventory/products/{product_id}",
+                                           json={"name": product_id, "availableQuantity": quantity}, timeout=30)
+            response.raise_for_status()
+
+    def _body(self, n: int, kind: str) -> dict:
+        first = self.products[n % len(self.products)]
+        second = self.products[(n * 7 + 3) % len(self.products)]
+        items = [{"productId": self.empty if kind == "oos" else first, "quantity": 1, "unitPrice": "12.50"},
+                 {"productId": second, "quantity": 2, "unitPrice": "3.25"}]
+        return {"customerId": f"lt-{n % 100}", "items": items,
+                "paymentMethod": "pm_card_chargeCustomerFail" if kind == "decline" else "pm_card_visa"}
+
+    def _place(self, n: int, kind: str) -> None:
+        try:
+            response = self._session().post(f"{self.base_url}/api/v1/orders", json=self._body(n, kind), timeout=30)
+        except requests.RequestException as exc:
+            with self._lock:
+                self.errors[type(exc).__name__] += 1
+            return
+        if response.status_code != 201:
+            with self._lock:
+                self.errors[f"HTTP {response.status_code}"] += 1
+            return
+        with self._lock:
+            self.placed.append((response.json()["orderId"], kind))
+
+    def _show(self, done: int, total: int, started: float, label: str) -> None:
+        if not self.progress:
+            return
+        width = 30
+        filled = int(width * done / max(total, 1))
+        rate = done / max(time.monotonic() - started, 1e-9)
+        self.progress.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:7.1f}/s")
+        self.progress.flush()
+
+    def run(self) -> LoadReport:
+        self._prepare()
+        kinds = self.rng.choices(list(self.mix), weights=list(self.mix.values()), k=self.orders)
+        cpu = CpuMeter(self.state_path)
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
+            futures = []
+            for n, kind in enumerate(kinds):
+                if self.rate:
+                    # Open loop: the n-th order leaves at n / rate, whatever happened to the others.
+                    delay = started + n / self.rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                else:
+                    while len(futures) - sum(f.done() for f in futures) >= self.concurrency:
+                        time.sleep(0.0005)
+                futures.append(pool.submit(self._place, n, kind))
+                if n % 50 == 0:
+                    self._show(n, self.orders, started, "placing")
+            concurrent.futures.wait(futures)
+        self._show(self.orders, self.orders, started, "placing")
+        if self.progress:
+            self.progress.write("\n")
+        ids = [order_id for order_id, _ in self.placed]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            pending = Order.objects.filter(id__in=ids, status="PENDING").count()
+            self._show(len(ids) - pending, len(ids), started, "settling")
+            if pending == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        if self.progress:
+            self.progress.write("\n")
+        return self._report(ids, elapsed, cpu.spent())
+
+    def _report(self, ids: list[str], elapsed: float, cpu_seconds: dict[str, float]) -> LoadReport:
+        statuses = {str(k): v for k, v in Order.objects.filter(id__in=ids).values_list("id", "status")}
+        outcomes: Counter = Counter()
+        wrong = []
+        for order_id, kind in self.placed:
+            status = statuses.get(order_id, "MISSING")
+            outcomes[f"{kind}->{status}"] += 1
+            if status != EXPECTED[kind]:
+                wrong.append(f"{order_id} {kind} ended {status}")
+        latencies = []
+        created = dict(Order.objects.filter(id__in=ids).values_list("id", "created_at"))
+        for order_id, finished in SagaInstance.objects.filter(order_id__in=ids, finished_at__isnull=False) \
+                .values_list("order_id", "finished_at"):
+            latencies.append((finished - created[order_id]).total_seconds() * 1000)
+        stock_problems = []
+        for product in Product.objects.filter(product_id__in=[*self.products, self.empty]):
+            if (product.available_quantity + product.reserved_quantity + product.sold_quantity
+                    != product.stocked_quantity or product.reserved_quantity != 0):
+                stock_problems.append(f"{product.product_id}: available {product.available_quantity}, reserved "
+                                      f"{product.reserved_quantity}, sold {product.sold_quantity}, stocked "
+                                      f"{product.stocked_quantity}")
+        return LoadReport(orders=len(ids), seconds=elapsed, outcomes=outcomes, wrong=wrong, errors=self.errors,
+                          latencies_ms=latencies, cpu_seconds=cpu_seconds, stock_problems=stock_problems)
+
