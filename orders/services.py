@@ -78,10 +78,10 @@ def order_place(*, owner_id: int, customer_id: str, lines: list[OrderLine], curr
                 payment_method=payment_method, reservation_ttl_seconds=ttl,
                 idempotency_key=idempotency_key or None, request_fingerprint=fingerprint,
                 created_at=now, updated_at=now)
-            OrderItem.objects.using(DB).bulk_create([
+            items = OrderItem.objects.using(DB).bulk_create([
                 OrderItem(order=order, product_id=line.product_id, quantity=line.quantity,
                           unit_price=line.unit_price) for line in lines])
-            saga_start(order=order)
+            saga_start(order=order, items=items)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the race.
         if idempotency_key:
