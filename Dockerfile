@@ -62,23 +62,24 @@ FROM python-base AS app
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
 COPY --from=builder /opt/venv /opt/venv
-# TODO: switch DJANGO_SETTINGS_MODULE to the production settings module once it exists;
-# a4co.settings.dev is used for now, with DEBUG off (DJANGO_DEBUG=false) since this image is
-# meant to be deployed. WEB_CONCURRENCY is gunicorn's worker count.
+# The production settings: DEBUG off, HTTPS only, and every secret and address from the
+# environment (a missing one stops the process at start, naming it; see .env.example).
+# WEB_CONCURRENCY is gunicorn's worker count (gunicorn.conf.py).
 ENV PATH=/opt/venv/bin:$PATH \
-    DJANGO_SETTINGS_MODULE=a4co.settings.dev \
-    DJANGO_DEBUG=false \
+    DJANGO_SETTINGS_MODULE=a4co.settings.production \
     WEB_CONCURRENCY=2
 WORKDIR /app
 # The code stays owned by root, read-only for the app user; .dockerignore keeps out the
 # virtualenv, the devstack data, the tests and any .env file.
 COPY . .
-RUN python -m compileall -q /app
+# The admin's and Swagger UI's static files, served by WhiteNoise from STATIC_ROOT (gunicorn
+# serves no files). Collected with the dev settings: the build has none of the production secrets.
+RUN DJANGO_SETTINGS_MODULE=a4co.settings.dev python manage.py collectstatic --noinput --verbosity 0 \
+    && python -m compileall -q /app
 USER app
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "/app/docker/healthcheck.py", "http", "/healthz"]
-# As devstack/procfile.py's `web`, bound to all interfaces; workers from WEB_CONCURRENCY.
-# --no-control-socket: the image needs no gunicorn control socket (and $HOME is read-only).
-CMD ["python", "-m", "gunicorn", "a4co.wsgi:application", "--bind", "0.0.0.0:8000", \
-     "--threads", "4", "--access-logfile", "-", "--no-control-socket"]
+# gunicorn.conf.py: 0.0.0.0:8000, WEB_CONCURRENCY workers x GUNICORN_THREADS threads, timeouts,
+# worker recycling, an access log without credentials, no control socket ($HOME is read-only).
+CMD ["python", "-m", "gunicorn", "-c", "/app/gunicorn.conf.py", "a4co.wsgi:application"]

@@ -1,4 +1,4 @@
-"""Shared DRF pieces: strict input fields, pagination, permissions."""
+"""Shared DRF pieces: strict input fields, pagination, throttles, permissions."""
 from __future__ import annotations
 
 from decimal import Decimal
@@ -6,6 +6,7 @@ from decimal import Decimal
 from django.conf import settings
 from rest_framework import permissions, serializers
 from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.throttling import UserRateThrottle
 
 from a4co.money import MoneyError, parse_amount
 
@@ -47,8 +48,31 @@ class MoneyField(serializers.Field):
 
 
 class ApiPagination(LimitOffsetPagination):
+    """`limit` defaults to API_PAGE_SIZE_DEFAULT and is capped at API_PAGE_SIZE_MAX."""
+
     default_limit = settings.API_PAGE_SIZE_DEFAULT
     max_limit = settings.API_PAGE_SIZE_MAX
+    # PostgreSQL's OFFSET is a bigint: a larger one would fail the query (a 500); past the end is just empty.
+    max_offset = 2**62
+
+    def get_offset(self, request) -> int:
+        return min(super().get_offset(request), self.max_offset)
+
+
+class SettingRateThrottle(UserRateThrottle):
+    """A per-API-user rate read from the setting named by `rate_setting` at each request, so it can
+    change without a restart in tests; an empty setting means no limit. Counts live in the default
+    cache (Redis in production, so every web worker shares them)."""
+
+    rate_setting = ""
+
+    def get_rate(self) -> str | None:
+        return getattr(settings, self.rate_setting, "") or None
+
+
+class OrderCreateThrottle(SettingRateThrottle):
+    scope = "order_create"
+    rate_setting = "ORDER_CREATE_THROTTLE_RATE"
 
 
 class IsStaff(permissions.BasePermission):

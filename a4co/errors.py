@@ -25,6 +25,14 @@ class ApplicationError(Exception):
         self.fields = fields or {}
 
 
+class TransientError(RuntimeError):
+    """A dependency is unreachable or answered "try later": the same work can succeed on a retry.
+
+    The consumer runner retries such a failure in place for a while (without spending one of the
+    message's deliveries) before it falls back to a normal redelivery.
+    """
+
+
 class NotFoundError(ApplicationError):
     status_code = status.HTTP_404_NOT_FOUND
     code = "not_found"

@@ -1,13 +1,35 @@
-"""Liveness and readiness probes (open, no authentication)."""
+"""Liveness and readiness probes (open, no authentication).
+
+They are DRF function views only so that the OpenAPI schema describes them (no authentication,
+no permission, GET and HEAD); they answer with plain JsonResponses, as before.
+"""
 from __future__ import annotations
 
 from django.conf import settings
 from django.db import connections
 from django.http import JsonResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.decorators import api_view, authentication_classes, permission_classes
+from rest_framework.permissions import AllowAny
 
 from infra.nats import NatsUnavailableError, nats_ping
 
+_READINESS = inline_serializer(name="Readiness", fields={
+    "status": serializers.ChoiceField(choices=["ready", "not ready"]),
+    "checks": inline_serializer(name="ReadinessChecks", fields={
+        "databases": serializers.DictField(child=serializers.CharField(),
+                                           help_text='Per database alias: "ok" or "error: <type>".'),
+        "nats": serializers.CharField(help_text='"ok (server <version>)" or "error: ...".'),
+        "broker": serializers.CharField(help_text='"ok" or "error: ...".')}),
+})
 
+
+@extend_schema(operation_id="healthz", summary="Liveness: the process serves requests", tags=["probes"],
+               responses={200: inline_serializer(name="Liveness", fields={"status": serializers.CharField()})})
+@api_view(["GET"])
+@authentication_classes([])
+@permission_classes([AllowAny])
 def healthz(request):
     """The process is up and serving requests."""
     return JsonResponse({"status": "ok"})
@@ -43,6 +65,13 @@ def _check_broker() -> str:
         return f"error: {type(exc).__name__}: {exc}"
 
 
+@extend_schema(operation_id="readyz", summary="Readiness: every database alias, NATS and the broker answer",
+               tags=["probes"],
+               responses={200: OpenApiResponse(_READINESS, description="Ready."),
+                          503: OpenApiResponse(_READINESS, description="Not ready: see which check failed.")})
+@api_view(["GET"])
+@authentication_classes([])
+@permission_classes([AllowAny])
 def readyz(request):
     """200 when every database alias, NATS and the Celery broker answer; 503 (with details) otherwise."""
     checks = {"databases": _check_databases(), "nats": _check_nats(), "broker": _check_broker()}

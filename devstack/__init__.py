@@ -8,6 +8,10 @@ then web/worker/beat/consumers under a supervisor (see ``devstack.cli``).
 temporary directory, then pytest; everything is stopped and removed after.
 
 ``devstack.servers`` starts single servers (for tests that need extra ones).
+For chaos tests, ``run`` takes ``--datadir``, ``--ports auto``,
+``--stripe-proxy`` (``devstack.stripe_proxy``, a fault-injecting proxy in
+front of the Stripe stand-in) and ``--no-seed``, and keeps
+``<datadir>/state.json`` up to date (format: ``devstack.state``).
 Nothing here uses the machine's own PostgreSQL/Redis/NATS: all servers come
 from pip packages in the project's virtualenv.
 """

@@ -16,7 +16,21 @@ override them), then the setup steps and the long-running processes of
 the foreground. Ctrl-C/SIGTERM stops everything and exits 0. Exits 1 if a
 server does not start or a setup step fails (after stopping what it
 started), 2 on bad usage/configuration. Only one ``run`` per data directory
-at a time (a lock file enforces it).
+at a time (a lock file enforces it). Options (for chaos tests; without them
+the behaviour above is unchanged)::
+
+    --datadir DIR    data, logs (logs/<name>.log), the beat schedule, the lock
+                     and state.json in DIR instead of <repo>/.devstack
+    --ports auto     free ports for every server, the proxy and web (instead
+                     of the fixed defaults, DEVSTACK_*_PORT and PORT)
+    --stripe-proxy   start devstack/stripe_proxy.py (fault injection) in front
+                     of the Stripe stand-in, or of $STRIPE_API_BASE when set;
+                     the app processes get STRIPE_API_BASE=<proxy url>. Fixed
+                     port 18421 (DEVSTACK_STRIPE_PROXY_PORT) unless --ports auto
+    --no-seed        skip the `seed` setup step
+
+It writes ``<datadir>/state.json`` (format: :mod:`devstack.state`) and
+per-process logs in ``<datadir>/logs/`` (overwritten by each run).
 
 test: a fresh ``tempfile.mkdtemp`` directory (exported as
 ``DEVSTACK_TMPDIR``), the servers on free ports with logs in that
@@ -30,6 +44,7 @@ printed.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import shlex
@@ -43,6 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import procfile, servers
+from . import state as statefile
 from .process import ProcessSpec, death_signal_preexec, describe_exit
 from .servers import Server, ServerError
 from .supervisor import Interrupted, Supervisor
@@ -50,6 +66,9 @@ from .supervisor import Interrupted, Supervisor
 REPO = Path(__file__).resolve().parent.parent
 RUN_DATADIR = REPO / ".devstack"
 DEFAULT_WEB_PORT = 8000
+DEFAULT_PROXY_PORT = 18421
+PROXY_PORT_VAR = "DEVSTACK_STRIPE_PROXY_PORT"
+SEED_STEP = "seed"
 
 
 @dataclass(frozen=True)
@@ -76,10 +95,11 @@ SERVICES = [
 ]
 
 USAGE = """\
-usage: python -m devstack run
+usage: python -m devstack run [--datadir DIR] [--ports auto] [--stripe-proxy] [--no-seed]
        python -m devstack test [pytest args...]
 
 run   servers + setup steps + web/worker/beat/consumers, data in .devstack/
+      (python -m devstack run --help for the options)
 test  servers on free ports in a temporary directory, then pytest
 """
 
@@ -141,35 +161,96 @@ def _lock_datadir(datadir: Path) -> int:
     return fd
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    datadir: Path
+    auto_ports: bool = False
+    stripe_proxy: bool = False
+    seed: bool = True
+
+
+def _parse_run_args(argv: list[str]) -> RunOptions:
+    """``run``'s options (see the module docstring); bad usage exits 2."""
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack run",
+        description="Servers + setup steps + web/worker/beat/consumers under a supervisor, in the foreground.",
+    )
+    parser.add_argument("--datadir", type=Path, default=RUN_DATADIR,
+                        help="data, logs, beat schedule, lock and state.json (default: %(default)s)")
+    parser.add_argument("--ports", choices=("fixed", "auto"), default="fixed",
+                        help="auto: free ports for every server, the proxy and web (default: fixed)")
+    parser.add_argument("--stripe-proxy", action="store_true",
+                        help="fault-injecting proxy in front of the Stripe stand-in; apps use the proxy")
+    parser.add_argument("--no-seed", action="store_true", help="skip the seed_demo setup step")
+    args = parser.parse_args(argv)
+    return RunOptions(
+        datadir=args.datadir.expanduser().resolve(),
+        auto_ports=args.ports == "auto",
+        stripe_proxy=args.stripe_proxy,
+        seed=not args.no_seed,
+    )
+
+
+class _Ports:
+    """Port choice: fixed (defaults / environment) or distinct free ports."""
+
+    def __init__(self, auto: bool):
+        self.auto = auto
+        self.taken: set[int] = set()
+
+    def get(self, var: str, default: int) -> int:
+        if not self.auto:
+            return _port_from_env(var, default)
+        port = servers.free_port()
+        while port in self.taken:
+            port = servers.free_port()
+        self.taken.add(port)
+        return port
+
+
 def run(argv: list[str]) -> int:
-    if argv:
-        raise UsageError(f"`run` takes no arguments (got {' '.join(argv)})")
+    opts = _parse_run_args(argv)
     if not (REPO / "manage.py").exists():
         raise UsageError(f"no manage.py in {REPO}: nothing to run")
-    RUN_DATADIR.mkdir(exist_ok=True)
-    lock = _lock_datadir(RUN_DATADIR)
+    datadir = opts.datadir
+    try:
+        datadir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the data directory {datadir}: {exc}") from exc
+    lock = _lock_datadir(datadir)
 
-    web_port = _port_from_env("PORT", DEFAULT_WEB_PORT)
+    ports = _Ports(opts.auto_ports)
+    web_port = ports.get("PORT", DEFAULT_WEB_PORT)
     to_start = []
     urls: dict[str, str] = {}
     for service in SERVICES:
         if os.environ.get(service.url_var):
             urls[service.url_var] = os.environ[service.url_var]
         else:
-            to_start.append((service, _port_from_env(service.port_var, service.default_port)))
+            to_start.append((service, ports.get(service.port_var, service.default_port)))
+    proxy_port = ports.get(PROXY_PORT_VAR, DEFAULT_PROXY_PORT) if opts.stripe_proxy else None
 
     busy = [(s.name, p, s.port_var) for s, p in to_start if servers.port_in_use(p)]
     if servers.port_in_use(web_port):
         busy.append(("web", web_port, "PORT"))
+    if proxy_port is not None and servers.port_in_use(proxy_port):
+        busy.append(("stripe-proxy", proxy_port, PROXY_PORT_VAR))
     if busy:
+        os.close(lock)
         lines = [f"port {p} for {name} is already in use (set {var} to use another)" for name, p, var in busy]
         raise UsageError("\n".join(lines) + "\nIs another devstack (or a leftover server) running?")
 
     names = [s.name for s, _ in to_start] + list(procfile.SETUP_STEPS) + list(procfile.PROCESSES)
-    sup = Supervisor(width=max(len(n) for n in [*names, "devstack"]))
+    if proxy_port is not None:
+        names.append("stripe-proxy")
+    sup = Supervisor(width=max(len(n) for n in [*names, "devstack"]), log_dir=datadir / "logs")
+    state = statefile.StateFile(datadir / "state.json", datadir=datadir, processes=sup.snapshot)
+    state.web_url = f"http://127.0.0.1:{web_port}"
+    sup.on_change = state.write
     sup.install_signal_handlers()
     try:
-        return _run_supervised(sup, to_start, urls, web_port)
+        state.write()  # ready: false, replacing a previous run's file
+        return _run_supervised(sup, to_start, urls, web_port, opts=opts, state=state, proxy_port=proxy_port)
     except ServerError as exc:
         sup.say(f"error: {exc}")
         return 1
@@ -180,16 +261,32 @@ def run(argv: list[str]) -> int:
     except Interrupted:
         return 0
     finally:
+        state.stopping = True
         sup.shutdown()
+        try:
+            state.write()
+        except OSError as exc:
+            sup.say(f"warning: could not update {state.path}: {exc}")
         os.close(lock)
 
 
-def _run_supervised(sup: Supervisor, to_start, urls: dict[str, str], web_port: int) -> int:
+def _run_supervised(
+    sup: Supervisor,
+    to_start,
+    urls: dict[str, str],
+    web_port: int,
+    *,
+    opts: RunOptions | None = None,
+    state: statefile.StateFile | None = None,
+    proxy_port: int | None = None,
+) -> int:
+    opts = opts or RunOptions(datadir=RUN_DATADIR)
+    datadir = opts.datadir
     started = []
     for service, port in to_start:
-        if service.name == "postgres" and not (RUN_DATADIR / "postgres" / "pgdata").exists():
+        if service.name == "postgres" and not (datadir / "postgres" / "pgdata").exists():
             sup.say("creating the PostgreSQL cluster (initdb, first run only)")
-        spec = service.make_spec(RUN_DATADIR / service.name, port)
+        spec = service.make_spec(datadir / service.name, port)
         child = sup.add(spec, "server")
         sup.start(child)
         started.append((service, child))
@@ -198,14 +295,32 @@ def _run_supervised(sup: Supervisor, to_start, urls: dict[str, str], web_port: i
         if child.spec.after_ready is not None:
             child.spec.after_ready()
         urls[service.url_var] = child.spec.url
-    _banner(sup, urls, {s.url_var for s, _ in to_start}, web_port)
+    stripe_upstream = urls["STRIPE_API_BASE"]
+    proxy = None
+    if proxy_port is not None:
+        # A server like the others: restarted if it dies, stopped with them.
+        proxy = sup.add(servers.stripe_proxy_spec(datadir / "stripe-proxy", proxy_port, stripe_upstream), "server")
+        sup.start(proxy)
+        sup.wait_ready(proxy)
+    _banner(sup, urls, {s.url_var for s, _ in to_start}, web_port, datadir=datadir,
+            proxy=proxy.spec if proxy else None)
+    if proxy is not None:
+        urls["STRIPE_API_BASE"] = proxy.spec.url
+    if state is not None:
+        state.env = {**urls, "STRIPE_UPSTREAM": stripe_upstream}
+        state.proxy_control_url = proxy.spec.extra["control_url"] if proxy else None
+        state.write()
 
     env = dict(os.environ)
     env.update(urls)
     env["PYTHONUNBUFFERED"] = "1"
-    context = {"python": sys.executable, "datadir": str(RUN_DATADIR), "port": str(web_port)}
+    _prometheus_multiproc_dir(env, datadir / "prometheus")
+    context = {"python": sys.executable, "datadir": str(datadir), "port": str(web_port)}
 
     for name, template in procfile.SETUP_STEPS.items():
+        if name == SEED_STEP and not opts.seed:
+            sup.say(f"setup: skipping `{name}` (--no-seed)")
+            continue
         argv = _command(template, context)
         sup.say(f"setup: {shlex.join(argv)}")
         rc = sup.run_oneshot(ProcessSpec(name=name, argv=argv, cwd=str(REPO), env=env))
@@ -218,22 +333,39 @@ def _run_supervised(sup: Supervisor, to_start, urls: dict[str, str], web_port: i
     for name, template in procfile.PROCESSES.items():
         spec = ProcessSpec(name=name, argv=_command(template, context), cwd=str(REPO), env=env)
         sup.start(sup.add(spec, "app"))
+    if state is not None:
+        state.ready = True
+        state.write()
     sup.say(f"all started; web on http://127.0.0.1:{web_port}/ - Ctrl-C stops everything")
     sup.serve()
     return 0
 
 
-def _banner(sup: Supervisor, urls: dict[str, str], ours: set[str], web_port: int) -> None:
-    lines = [f"data in {RUN_DATADIR} (kept between runs; `make clean` wipes it)"]
+def _banner(
+    sup: Supervisor,
+    urls: dict[str, str],
+    ours: set[str],
+    web_port: int,
+    *,
+    datadir: Path = RUN_DATADIR,
+    proxy: ProcessSpec | None = None,
+) -> None:
+    where = "kept between runs; `make clean` wipes it" if datadir == RUN_DATADIR else "kept between runs"
+    lines = [f"data in {datadir} ({where})"]
     for service in SERVICES:
         url = urls[service.url_var]
         origin = service.note if service.url_var in ours else f"from ${service.url_var}, not started here"
         lines.append(f"  {service.name:<9} {url}" + (f"   ({origin})" if origin else ""))
+    if proxy is not None:
+        lines.append(f"  {'proxy':<9} {proxy.url}   (Stripe fault injection: {proxy.extra['control_url']})")
     lines.append(f"  {'web':<9} http://127.0.0.1:{web_port}/")
+    exported = dict(urls)
+    if proxy is not None:
+        exported["STRIPE_API_BASE"] = proxy.url
     exports = [
-        f"  export {s.url_var}={shlex.quote(urls[s.url_var])}"
+        f"  export {s.url_var}={shlex.quote(exported[s.url_var])}"
         for s in SERVICES
-        if urls[s.url_var] != _default_url(s)
+        if exported[s.url_var] != _default_url(s)
     ]
     if exports:
         lines.append("from another terminal, first run:")
@@ -286,6 +418,7 @@ def test(args: list[str]) -> int:
             env[service.url_var] = server.url
             _say(f"{service.name}: {server.url}")
         env["DEVSTACK_TMPDIR"] = str(tmp)
+        _prometheus_multiproc_dir(env, tmp / "prometheus")
         argv = [sys.executable, "-m", "pytest", *args]
         _say(f"running {shlex.join(argv[1:])} (temporary data in {tmp})")
         # pytest shares our process group and terminal (Ctrl-C, pdb); the
@@ -321,6 +454,17 @@ def test(args: list[str]) -> int:
             _say(f"warning: {exc}")
         _remove_tree(tmp)
     return rc
+
+
+def _prometheus_multiproc_dir(env: dict[str, str], directory: Path) -> None:
+    """Export PROMETHEUS_MULTIPROC_DIR as `directory`, emptied, so that /metrics adds up the
+    counters of every app process of this run (infra/metrics.py). A value already in the
+    environment is kept as is (and not emptied: that is up to whoever set it)."""
+    if env.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
 def _remove_tree(path: Path) -> None:

@@ -52,7 +52,9 @@ class ProcessSpec:
 
     ``probe`` (servers only) returns True once the process accepts work;
     ``after_ready`` runs once after the first successful probe (e.g. create
-    the application database). ``signal_group`` False means stop signals go
+    the application database). ``before_restart`` (optional) is called with
+    the dead process's Popen just before the supervisor restarts it (e.g.
+    clear a lock file it left behind). ``signal_group`` False means stop signals go
     to the leader only (postgres: the postmaster must coordinate its own
     children's shutdown; signalling backends directly would abort them).
     """
@@ -68,6 +70,7 @@ class ProcessSpec:
     port: int | None = None
     probe: Callable[[], bool] | None = None
     after_ready: Callable[[], None] | None = None
+    before_restart: Callable[[subprocess.Popen], None] | None = None
     start_timeout: float = 30.0
     workdir: Path | None = None
     extra: dict = field(default_factory=dict)

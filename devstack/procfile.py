@@ -18,6 +18,8 @@ SETUP_STEPS = {
     "migrate": "{python} manage.py migrate_all",
     "streams": "{python} manage.py setup_streams",
     "seed": "{python} manage.py seed_demo",
+    # gunicorn serves no files: WhiteNoise serves what this gathers into STATIC_ROOT (admin, API docs).
+    "static": "{python} manage.py collectstatic --noinput",
 }
 
 PROCESSES = {

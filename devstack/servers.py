@@ -13,13 +13,14 @@ Public API (used by ``python -m devstack`` and usable from tests)::
     start_nats(datadir, port=None) -> Server
     start_redis(datadir, port=None, *, persistent=False) -> Server
     start_stripe(datadir, port=None) -> Server
+    start_stripe_proxy(datadir, upstream, port=None) -> Server   (chaos proxy)
     Server: .name .url .port .pid .datadir .log_path .process
             .is_running() .log_tail(lines=40) .stop(timeout=10.0)
             usable as a context manager (stops on exit)
     ServerError (RuntimeError): start failed; message includes the log tail
 
 and, for the supervisor, ``postgres_spec`` / ``nats_spec`` / ``redis_spec`` /
-``stripe_spec`` which prepare the data directory and return a
+``stripe_spec`` / ``stripe_proxy_spec`` which prepare the data directory and return a
 :class:`devstack.process.ProcessSpec` without starting anything.
 
 Contracts:
@@ -394,6 +395,10 @@ def postgres_spec(datadir: PathLike, port: int, *, database: str = "a4co") -> Pr
         except psycopg.Error as exc:
             raise ServerError(f"postgres: could not create database {database!r}: {exc}") from exc
 
+    def clear_stale_pid_file(dead: subprocess.Popen) -> None:
+        """Before a restart after a crash (kill -9): see :func:`_clear_stale_pid_file`."""
+        _clear_stale_pid_file(pgdata, dead.pid)
+
     return ProcessSpec(
         name="postgres",
         argv=argv,
@@ -408,9 +413,36 @@ def postgres_spec(datadir: PathLike, port: int, *, database: str = "a4co") -> Pr
         port=port,
         probe=_pg_probe(port),
         after_ready=create_database,
+        before_restart=clear_stale_pid_file,
         start_timeout=PG_START_TIMEOUT,
         workdir=workdir,
     )
+
+
+def _clear_stale_pid_file(pgdata: Path, dead_pid: int) -> None:
+    """Remove ``postmaster.pid`` if it names our dead postmaster's reused pid.
+
+    After a ``kill -9`` of the postmaster its ``postmaster.pid`` stays. A
+    new postmaster handles that itself (crash recovery follows) when the pid
+    in it is gone or belongs to another user; it refuses to start only if
+    the number now belongs to a live process it may signal, i.e. the pid was
+    reused by another process of the postgres account (a backend of another
+    cluster). Then, and only when the file names exactly the postmaster we
+    saw die, the file is stale for certain and is removed. (The supervisor
+    has already SIGKILLed the dead postmaster's leftover backends.)
+    """
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        recorded = int(pid_file.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return
+    if recorded != dead_pid or not Path(f"/proc/{recorded}").exists():
+        return
+    try:
+        pid_file.unlink()
+        _note(f"postgres: removed stale {pid_file} (pid {recorded} now belongs to another process)")
+    except OSError as exc:
+        _note(f"postgres: could not remove stale {pid_file}: {exc}")
 
 
 def _initdb(bindir: Path, workdir: Path, pgdata: Path, who: RunAs | None, env: dict[str, str]) -> None:
@@ -528,6 +560,30 @@ def stripe_spec(datadir: PathLike, port: int) -> ProcessSpec:
         probe=_http_probe(f"{base}/v1/customers?limit=1", {"Authorization": "Bearer sk_test_devstack"}),
         start_timeout=START_TIMEOUT,
         workdir=workdir,
+    )
+
+
+def stripe_proxy_spec(datadir: PathLike, port: int, upstream: str) -> ProcessSpec:
+    """Describe the fault-injecting proxy (:mod:`devstack.stripe_proxy`) to ``upstream``.
+
+    Its url is the API base for clients; ``extra["control_url"]`` is its
+    ``/_chaos`` control endpoint.
+    """
+    workdir = _workdir(datadir)
+    script = Path(__file__).resolve().with_name("stripe_proxy.py")
+    base = f"http://127.0.0.1:{port}"
+    return ProcessSpec(
+        name="stripe-proxy",
+        argv=[sys.executable, str(script), "--port", str(port), "--upstream", upstream, "--host", "127.0.0.1"],
+        cwd=str(workdir),
+        env=_child_env(PYTHONUNBUFFERED="1"),
+        url=base,
+        port=port,
+        # Answered by the proxy itself: ready even while the upstream is not.
+        probe=_http_probe(f"{base}/_chaos", {}),
+        start_timeout=START_TIMEOUT,
+        workdir=workdir,
+        extra={"control_url": f"{base}/_chaos", "upstream": upstream},
     )
 
 
@@ -726,6 +782,14 @@ def start_redis(datadir: PathLike, port: int | None = None, *, persistent: bool 
 def start_stripe(datadir: PathLike, port: int | None = None) -> Server:
     """Patched localstripe, empty store; url ``http://127.0.0.1:PORT`` (use as the API base)."""
     return _start_on_port(lambda p: stripe_spec(datadir, p), port)
+
+
+def start_stripe_proxy(datadir: PathLike, upstream: str, port: int | None = None) -> Server:
+    """The fault-injecting proxy in front of ``upstream``; url ``http://127.0.0.1:PORT``.
+
+    Control it through ``server.url + "/_chaos"`` (see :mod:`devstack.stripe_proxy`).
+    """
+    return _start_on_port(lambda p: stripe_proxy_spec(datadir, p, upstream), port)
 
 
 def stop_all(servers: list[Server], timeout: float = 10.0) -> None:

@@ -27,14 +27,16 @@ import json
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from django.apps import apps
 from django.conf import settings
-from django.db import close_old_connections, connections, router, transaction
+from django.db import DataError, InterfaceError, OperationalError, connections, router, transaction
 from django.utils.module_loading import import_string
 
+from a4co.errors import TransientError
 from a4co.logging import log_context
 from infra import metrics
 from infra.deadletters import FailedDelivery, dead_letter_record
@@ -59,6 +61,7 @@ class Outcome(enum.StrEnum):
     DUPLICATE = "duplicate"
     RETRY = "retry"
     POISON = "poison"
+    UNAVAILABLE = "unavailable"  # a dependency is down: retried in place, then like RETRY
 
 
 def handler_outside_transaction(func: Callable) -> Callable:
@@ -91,7 +94,7 @@ def delivery_handle(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: 
     try:
         try:
             payload = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
             raise MalformedMessageError(f"not JSON: {exc}") from exc
         message = message_parse(subject, payload)
         event_id = msg_id or str(payload.get("eventId", ""))
@@ -127,6 +130,14 @@ def delivery_handle(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: 
             return Outcome.DUPLICATE, ""
         except MalformedMessageError as exc:
             return Outcome.POISON, str(exc)
+        except DataError as exc:
+            # The database refused a value the message carries (too long, out of range, a NUL
+            # character, ...): every redelivery would fail the same way.
+            return Outcome.POISON, f"a value cannot be stored: {exc}".strip()
+        except (OperationalError, InterfaceError, TransientError) as exc:
+            log.warning("dependency unavailable consumer=%s subject=%s eventId=%s orderId=%s: %s",
+                        route.name, subject, event_id, order_id, exc)
+            return Outcome.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
         except Exception as exc:
             log.exception("handler failed consumer=%s subject=%s eventId=%s orderId=%s delivery=%d",
                           route.name, subject, event_id, order_id, num_delivered)
@@ -175,13 +186,29 @@ class ConsumerRunner:
                 if deliveries:
                     await asyncio.gather(*(self._handle_in_order(route, group, executor)
                                            for group in _by_order(deliveries)))
+            # Connections are per thread: each worker thread closes its own. The barrier makes every
+            # thread take exactly one of these tasks (a free thread would otherwise take several).
+            barrier = threading.Barrier(threads)
             for _ in range(threads):
-                executor.submit(close_old_connections)
+                executor.submit(_close_thread_connections, barrier)
 
     async def _handle_in_order(self, route: ConsumerRoute, deliveries: list[Delivery], executor) -> None:
         loop = asyncio.get_running_loop()
         for delivery in deliveries:
-            outcome, reason = await loop.run_in_executor(executor, _handle_in_thread, route, delivery)
+            # A dependency being down (PostgreSQL restarting, Stripe unreachable) is waited out here,
+            # for a while, instead of spending the message's few deliveries on it.
+            waited, pause = 0.0, 0.25
+            while True:
+                outcome, reason = await loop.run_in_executor(executor, _handle_in_thread, route, delivery)
+                if (outcome is not Outcome.UNAVAILABLE or self._stop.is_set()
+                        or waited >= settings.CONSUMER_UNAVAILABLE_WAIT_SECONDS):
+                    break
+                with contextlib.suppress(Exception):  # NATS may be the one that is down
+                    await delivery.in_progress()  # push the ack deadline back while we wait
+                await asyncio.sleep(pause)
+                waited, pause = waited + pause, min(pause * 2, 4.0)
+            if outcome is Outcome.UNAVAILABLE:
+                outcome = Outcome.RETRY
             await self._settle(route, delivery, outcome, reason, executor)
 
     async def _settle(self, route: ConsumerRoute, delivery: Delivery, outcome: Outcome, reason: str,
@@ -237,6 +264,12 @@ def _by_order(deliveries: list[Delivery]) -> list[list[Delivery]]:
             key = delivery.msg_id or str(delivery.stream_sequence)
         groups.setdefault(key, []).append(delivery)
     return list(groups.values())
+
+
+def _close_thread_connections(barrier: threading.Barrier) -> None:
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait(timeout=10)
+    connections.close_all()
 
 
 def _record_in_fresh_thread(model_label: str, failed: FailedDelivery) -> bool:

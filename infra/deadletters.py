@@ -43,9 +43,15 @@ class FailedDelivery:
 def _aggregate_of(data: bytes) -> str:
     try:
         payload = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         return ""
     return str(payload.get("orderId", ""))[:64] if isinstance(payload, dict) else ""
+
+
+def _text(value: str) -> str:
+    """What PostgreSQL text can hold: a hostile message may carry NUL characters or lone surrogates
+    (from JSON escapes); they become U+FFFD and "?" so that the dead letter is kept all the same."""
+    return value.encode("utf-8", errors="replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 def dead_letter_record(model_label: str, failed: FailedDelivery, *, refresh: bool = True) -> bool:
@@ -67,9 +73,9 @@ def dead_letter_record(model_label: str, failed: FailedDelivery, *, refresh: boo
             " redelivered_event_id) VALUES (gen_random_uuid(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " 'OPEN', '', '', '')"
             f" ON CONFLICT (consumer, stream, stream_sequence) DO {on_conflict} RETURNING (xmax = 0)",
-            [failed.consumer, failed.stream, failed.stream_sequence, failed.subject[:200], failed.event_id[:100],
-             _aggregate_of(failed.data), failed.data.decode("utf-8", errors="replace"), failed.error,
-             failed.deliveries, now, now])
+            [failed.consumer, failed.stream, failed.stream_sequence, _text(failed.subject)[:200],
+             _text(failed.event_id)[:100], _text(_aggregate_of(failed.data)),
+             _text(failed.data.decode("utf-8", errors="replace")), _text(failed.error), failed.deliveries, now, now])
         row = cursor.fetchone()
     created = bool(row and row[0])
     if created:

@@ -7,11 +7,13 @@ count must be 0; `check_invariants` exits non-zero otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 from collections import Counter, defaultdict
 from decimal import Decimal
 
+from django.db import connections, transaction
 from django.db.models import F, Q
 
 from a4co import clock
@@ -64,8 +66,9 @@ def invariants_check(*, stripe: bool = True, outbox_grace_seconds: float = 0) ->
     ]}
     checks["dead_letters_open"].informational = True
     now = clock.now()
-    orders = {str(o["id"]): o for o in Order.objects.values("id", "status", "total_amount", "currency")}
-    sagas = {str(s["order_id"]): s for s in SagaInstance.objects.values("order_id", "status", "deadline_at")}
+    with _snapshot("orders"):
+        orders = {str(o["id"]): o for o in Order.objects.values("id", "status", "total_amount", "currency")}
+        sagas = {str(s["order_id"]): s for s in SagaInstance.objects.values("order_id", "status", "deadline_at")}
     reservations = {r["order_id"]: r["status"] for r in Reservation.objects.values("order_id", "status")}
     payments = {p["order_id"]: p for p in Payment.objects.values("order_id", "status", "amount", "refunded_amount")}
 
@@ -109,7 +112,25 @@ def invariants_check(*, stripe: bool = True, outbox_grace_seconds: float = 0) ->
     return list(checks.values())
 
 
+@contextlib.contextmanager
+def _snapshot(alias: str):
+    """A read-only REPEATABLE READ transaction: every query inside sees one consistent moment, so a
+    check never compares two tables read on either side of a concurrent commit. Inside a caller's
+    transaction (tests), that transaction is the snapshot."""
+    nested = connections[alias].in_atomic_block
+    with transaction.atomic(using=alias):
+        if not nested:
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield
+
+
 def _check_stock(checks: dict[str, Check]) -> None:
+    with _snapshot("inventory"):
+        _check_stock_in_snapshot(checks)
+
+
+def _check_stock_in_snapshot(checks: dict[str, Check]) -> None:
     reserved = defaultdict(int)
     sold = defaultdict(int)
     for item in ReservationItem.objects.filter(reservation__status__in=["ACTIVE", "COMMITTED"]).values(

@@ -145,14 +145,37 @@ def message_registry() -> dict[str, type[Message]]:
     return _REGISTRY
 
 
+def _is_text(value: Any) -> bool:
+    """True unless a string in `value` (keys included) holds what no database column can store:
+    NUL characters or lone surrogates (JSON's "\\u0000" and "\\ud800" escapes decode to them)."""
+    pending = [value]  # iterative: the nesting is the sender's choice
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return False
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return True
+
+
 def message_parse(subject: str, data: Any) -> Message:
     """Decode a wire object for `subject` into its message class.
 
     Raises MalformedMessageError for a non-object, an unknown subject, a schema version this
-    code does not understand, or missing/ill-typed fields.
+    code does not understand, missing/ill-typed fields, or strings no database can store.
     """
     if not isinstance(data, dict):
         raise MalformedMessageError(f"{subject}: payload is not a JSON object")
+    if not _is_text(data):
+        raise MalformedMessageError(f"{subject}: a string holds a NUL character or a lone UTF-16 surrogate")
     cls = message_registry().get(subject)
     if cls is None:
         raise MalformedMessageError(f"unknown message type {subject!r}")

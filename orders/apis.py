@@ -4,18 +4,37 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from a4co.api import ApiPagination, MoneyField, StrictIntegerField
+from a4co.api import ApiPagination, MoneyField, OrderCreateThrottle, StrictIntegerField
 from a4co.money import SUPPORTED_CURRENCIES, currency_exponent
+from a4co.openapi import UNAUTHENTICATED, ErrorSerializer, conflict, not_found, validation_error
 from orders.models import Order
 from orders.selectors import order_get, order_list
 from orders.services import OrderLine, order_cancel, order_place
 
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$"
+
+
+class OrderItemOutputSerializer(serializers.Serializer):
+    """Schema only: one line of OrderOutputSerializer.items."""
+
+    productId = serializers.CharField()
+    quantity = serializers.IntegerField()
+    unitPrice = serializers.CharField(help_text="Decimal string, 2 decimals.")
+    lineTotal = serializers.CharField(help_text="unitPrice x quantity, decimal string.")
 
 
 class OrderOutputSerializer(serializers.Serializer):
@@ -34,6 +53,7 @@ class OrderOutputSerializer(serializers.Serializer):
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
 
+    @extend_schema_field(OrderItemOutputSerializer(many=True))
     def get_items(self, order: Order) -> list[dict]:
         return [{"productId": item.product_id, "quantity": item.quantity,
                  "unitPrice": f"{item.unit_price:.2f}", "lineTotal": f"{item.line_total:.2f}"}
@@ -54,6 +74,7 @@ def _owner_scope(request) -> int | None:
 class OrdersApi(APIView):
     """POST /api/v1/orders places an order; GET lists orders (filters: status, customerId)."""
 
+    @extend_schema_serializer(component_name="OrderItem")
     class ItemInputSerializer(serializers.Serializer):
         productId = serializers.RegexField(IDENTIFIER, max_length=64)
         quantity = StrictIntegerField(min_value=1, max_value=settings.ORDER_MAX_QUANTITY)
@@ -106,6 +127,35 @@ class OrdersApi(APIView):
         status = serializers.ChoiceField(choices=Order.Status.values, required=False)
         customerId = serializers.CharField(max_length=64, required=False)
 
+    # Schema only: the create body with its lines described (validate_items checks them one by one).
+    CreateRequestSchema = inline_serializer(name="OrderCreate", fields={
+        **CreateInputSerializer._declared_fields,
+        "items": ItemInputSerializer(many=True, min_length=1, max_length=settings.ORDER_MAX_ITEMS)})
+
+    def get_throttles(self):
+        # Only placing orders is rate-limited (ORDER_CREATE_THROTTLE_RATE per API user): 429 past it.
+        return [OrderCreateThrottle()] if self.request.method == "POST" else super().get_throttles()
+
+    @extend_schema(
+        operation_id="orders_create", summary="Place an order (starts its saga)", tags=["orders"],
+        description="The order is accepted as PENDING and its saga runs asynchronously: poll the order (or the "
+                    "saga) until it is CONFIRMED, CANCELLED or FAILED. With an Idempotency-Key, repeating the same "
+                    "request returns the first order (200, `Idempotent-Replayed: true`).",
+        request=CreateRequestSchema,
+        parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER,
+                                     description="Up to 255 characters; the same key with another body is a 409.")],
+        responses={
+            201: OpenApiResponse(OrderOutputSerializer, description="Accepted, PENDING; `Location` header."),
+            200: OpenApiResponse(OrderOutputSerializer, description="Idempotent replay: the first order."),
+            400: validation_error("OrderCreateValidationError", [
+                "customerId", "items", "paymentMethod", "currency", "totalAmount", "reservationTtlSeconds",
+                "Idempotency-Key"], nested=("items",)),
+            401: UNAUTHENTICATED,
+            409: conflict("Idempotency-Key already used with a different request (code idempotency_key_reused)."),
+            429: OpenApiResponse(ErrorSerializer, description="Too many orders placed by this API user "
+                                                              "(ORDER_CREATE_THROTTLE_RATE; code throttled); "
+                                                              "`Retry-After` says when to try again."),
+        })
     def post(self, request):
         payload = self.CreateInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -127,6 +177,20 @@ class OrdersApi(APIView):
                         status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
                         headers=headers)
 
+    @extend_schema(
+        operation_id="orders_list", summary="List orders", tags=["orders"],
+        description="Newest first. Staff see every order; other users only the orders they placed.",
+        parameters=[ListFilterSerializer,
+                    OpenApiParameter("limit", OpenApiTypes.INT, description=f"Page size (default "
+                                     f"{settings.API_PAGE_SIZE_DEFAULT}, at most {settings.API_PAGE_SIZE_MAX})."),
+                    OpenApiParameter("offset", OpenApiTypes.INT, description="Rows to skip.")],
+        responses={
+            200: inline_serializer(name="OrderPage", fields={
+                "count": serializers.IntegerField(), "next": serializers.URLField(allow_null=True),
+                "previous": serializers.URLField(allow_null=True), "results": OrderOutputSerializer(many=True)}),
+            400: validation_error("OrderListValidationError", ["status", "customerId"]),
+            401: UNAUTHENTICATED,
+        })
     def get(self, request):
         filters = self.ListFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -140,6 +204,11 @@ class OrdersApi(APIView):
 class OrderDetailApi(APIView):
     """GET /api/v1/orders/{orderId}: 404 for unknown, malformed or somebody else's ids."""
 
+    @extend_schema(
+        operation_id="orders_retrieve", summary="Get an order", tags=["orders"],
+        parameters=[OpenApiParameter("order_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="Order id.")],
+        responses={200: OrderOutputSerializer, 401: UNAUTHENTICATED,
+                   404: not_found("Unknown or malformed id, or another user's order")})
     def get(self, request, order_id: str):
         order = order_get(order_id=order_id, owner_id=_owner_scope(request))
         if order is None:
@@ -150,10 +219,25 @@ class OrderDetailApi(APIView):
 class OrderCancelApi(APIView):
     """POST /api/v1/orders/{orderId}/cancel: 202 compensating, 200 already ended, 409 confirmed."""
 
+    @extend_schema_serializer(component_name="OrderCancel")
     class InputSerializer(serializers.Serializer):
         reason = serializers.CharField(max_length=300, required=False, default="cancelled by the client",
                                        allow_blank=True)
 
+    @extend_schema(
+        operation_id="orders_cancel", summary="Cancel an order", tags=["orders"],
+        description="A PENDING order is compensated (payment settled, stock released) asynchronously: 202 with the "
+                    "order still PENDING. An order that already ended as CANCELLED or FAILED is returned as is (200).",
+        parameters=[OpenApiParameter("order_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="Order id.")],
+        request=InputSerializer,
+        responses={
+            202: OpenApiResponse(OrderOutputSerializer, description="Compensation started or under way."),
+            200: OpenApiResponse(OrderOutputSerializer, description="Already CANCELLED or FAILED: unchanged."),
+            400: validation_error("OrderCancelValidationError", ["reason"]),
+            401: UNAUTHENTICATED,
+            404: not_found("Unknown or malformed id, or another user's order"),
+            409: conflict("The order is CONFIRMED and cannot be cancelled (code order_confirmed)."),
+        })
     def post(self, request, order_id: str):
         if order_get(order_id=order_id, owner_id=_owner_scope(request)) is None:
             raise NotFound("Order not found.")

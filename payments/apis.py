@@ -2,6 +2,14 @@
 from __future__ import annotations
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound
 from rest_framework.permissions import AllowAny
@@ -10,6 +18,7 @@ from rest_framework.views import APIView
 
 from a4co import clock
 from a4co.api import IsStaff, MoneyField
+from a4co.openapi import STAFF_ONLY, UNAUTHENTICATED, ErrorSerializer, not_found
 from payments import stripe_gateway as gateway
 from payments.selectors import payment_get_for_order
 from payments.services import payment_webhook_apply
@@ -34,12 +43,25 @@ class PaymentOutputSerializer(serializers.Serializer):
         return data
 
 
+@extend_schema_serializer(component_name="Payment")
+class PaymentOutputSchema(PaymentOutputSerializer):
+    """Schema only: what PaymentOutputSerializer returns (its empty strings become null)."""
+
+    stripePaymentIntentId = serializers.CharField(allow_null=True, help_text="Stripe's PaymentIntent id (pi_...).")
+    failureReason = serializers.CharField(allow_null=True)
+
+
 class PaymentForOrderApi(APIView):
     """Staff only: the payment service does not know which API user owns an order (clients read
     the order's paymentId and status from /orders instead)."""
 
     permission_classes = [IsStaff]
 
+    @extend_schema(
+        operation_id="payments_for_order", summary="Get an order's payment (staff)", tags=["payments"],
+        parameters=[OpenApiParameter("order_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="Order id.")],
+        responses={200: PaymentOutputSchema, 401: UNAUTHENTICATED, 403: STAFF_ONLY,
+                   404: not_found("No payment for this order (not requested yet, or unknown order)")})
     def get(self, request, order_id: str):
         payment = payment_get_for_order(order_id=order_id)
         if payment is None:
@@ -57,6 +79,24 @@ class StripeWebhookApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
+    @extend_schema(
+        operation_id="payments_stripe_webhook", summary="Stripe webhook (signed by Stripe, no token)",
+        tags=["payments"], request=OpenApiTypes.OBJECT,
+        parameters=[OpenApiParameter("Stripe-Signature", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True,
+                                     description="t=<timestamp>,v1=<HMAC-SHA256 of \"<t>.<body>\">.")],
+        description="payment_intent.succeeded / .payment_failed settle an open payment (e.g. after 3-D Secure) "
+                    "from the PaymentIntent's state as Stripe reports it; other event types are recorded and "
+                    "ignored. A redelivered event (same id) changes nothing.",
+        responses={
+            200: inline_serializer(name="StripeWebhookReceived", fields={
+                "received": serializers.BooleanField(), "outcome": serializers.CharField(
+                    help_text="What was done: payment SUCCEEDED / FAILED, duplicate, ignored, ...")}),
+            400: OpenApiResponse(ErrorSerializer, description="Bad, stale or missing signature, or an unreadable "
+                                                              "event (code bad_signature)."),
+            503: OpenApiResponse(ErrorSerializer, description="STRIPE_WEBHOOK_SECRET unset (code not_configured) "
+                                                              "or Stripe unreachable (code retry_later): Stripe "
+                                                              "retries."),
+        })
     def post(self, request):
         if not settings.STRIPE_WEBHOOK_SECRET:
             return Response({"detail": "Webhook endpoint not configured (STRIPE_WEBHOOK_SECRET).",

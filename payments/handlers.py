@@ -2,14 +2,29 @@
 transaction (see infra.consumers.handler_outside_transaction)."""
 from __future__ import annotations
 
+import re
+
 from infra.consumers import handler_outside_transaction
+from infra.messages import MalformedMessageError
 from payments.messages import PaymentCancelRequest, PaymentProcessRequest, PaymentRefundRequest
 from payments.services import payment_charge, payment_outcome_announce, payment_prepare, payment_settle
+
+# Order ids name Stripe idempotency keys (an HTTP header) and metadata: identifiers only.
+ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
+
+
+def _order_id(message) -> str:
+    """The message's orderId, or MalformedMessageError (poison: never retried, nothing written)."""
+    if not ORDER_ID.fullmatch(message.order_id):
+        raise MalformedMessageError(f"{message.SUBJECT}: orderId {message.order_id[:80]!r} is not an order id")
+    return message.order_id
 
 
 @handler_outside_transaction
 def handle_payments_process_request(message: PaymentProcessRequest, *, effect) -> None:
-    payment = payment_prepare(order_id=message.order_id, customer_id=message.customer_id,
+    if not message.amount > 0:
+        raise MalformedMessageError(f"{message.SUBJECT}: amount {message.amount} is not a positive amount")
+    payment = payment_prepare(order_id=_order_id(message), customer_id=message.customer_id,
                               amount=message.amount, currency=message.currency,
                               payment_method=message.payment_method)
     payment = payment_charge(payment=payment)
@@ -19,14 +34,14 @@ def handle_payments_process_request(message: PaymentProcessRequest, *, effect) -
 
 @handler_outside_transaction
 def handle_payments_cancel_request(message: PaymentCancelRequest, *, effect) -> None:
-    payment = payment_settle(order_id=message.order_id, reason=message.reason)
+    payment = payment_settle(order_id=_order_id(message), reason=message.reason)
     with effect():
         payment_outcome_announce(payment=payment)
 
 
 @handler_outside_transaction
 def handle_payments_refund_request(message: PaymentRefundRequest, *, effect) -> None:
-    payment = payment_settle(order_id=message.order_id, reason=message.reason)
+    payment = payment_settle(order_id=_order_id(message), reason=message.reason)
     with effect():
         payment_outcome_announce(payment=payment)
 

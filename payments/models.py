@@ -37,6 +37,8 @@ class Payment(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        # payments.refund: the admin console's refund action moves money, so it needs more than staff.
+        permissions = [("refund", "Can refund a payment from the admin console")]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gte=0), name="payment_amount_gte_0"),
             models.CheckConstraint(condition=Q(refunded_amount__lte=models.F("amount")),

@@ -19,8 +19,10 @@ import threading
 import stripe
 from django.conf import settings
 
+from a4co.errors import TransientError
 
-class GatewayUnavailableError(RuntimeError):
+
+class GatewayUnavailableError(TransientError):
     """Stripe could not be reached or answered with a temporary error; retry later."""
 
 

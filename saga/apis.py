@@ -1,12 +1,15 @@
 """Saga HTTP API (staff only)."""
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from a4co.api import IsStaff
+from a4co.openapi import STAFF_ONLY, UNAUTHENTICATED, not_found
 from saga.models import SagaInstance
 from saga.selectors import saga_get_for_order
 
@@ -39,10 +42,18 @@ class SagaOutputSerializer(serializers.Serializer):
     deadlines = serializers.SerializerMethodField()
     timestamps = serializers.SerializerMethodField()
 
+    @extend_schema_field(inline_serializer(name="SagaDeadlines", fields={
+        "saga": serializers.DateTimeField(allow_null=True, help_text="The whole saga's deadline."),
+        "step": serializers.DateTimeField(allow_null=True, help_text="The current step's (payment, compensation)."),
+        "next": serializers.DateTimeField(allow_null=True, help_text="When the timeout sweep looks next; null once "
+                                                                     "ended or waiting for ops.")}))
     def get_deadlines(self, saga: SagaInstance) -> dict:
         return {"saga": _iso(saga.saga_deadline_at), "step": _iso(saga.step_deadline_at),
                 "next": _iso(saga.deadline_at)}
 
+    @extend_schema_field(inline_serializer(name="SagaTimestamps", fields={
+        "startedAt": serializers.DateTimeField(), "updatedAt": serializers.DateTimeField(),
+        "finishedAt": serializers.DateTimeField(allow_null=True)}))
     def get_timestamps(self, saga: SagaInstance) -> dict:
         return {"startedAt": _iso(saga.started_at), "updatedAt": _iso(saga.updated_at),
                 "finishedAt": _iso(saga.finished_at)}
@@ -51,6 +62,11 @@ class SagaOutputSerializer(serializers.Serializer):
 class SagaDetailApi(APIView):
     permission_classes = [IsStaff]
 
+    @extend_schema(
+        operation_id="sagas_retrieve", summary="Get an order's saga and its step log (staff)", tags=["sagas"],
+        parameters=[OpenApiParameter("order_id", OpenApiTypes.STR, OpenApiParameter.PATH, description="Order id.")],
+        responses={200: SagaOutputSerializer, 401: UNAUTHENTICATED, 403: STAFF_ONLY,
+                   404: not_found("No saga for this order (unknown or malformed id)")})
     def get(self, request, order_id: str):
         saga = saga_get_for_order(order_id=order_id)
         if saga is None:

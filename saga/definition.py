@@ -14,6 +14,10 @@ Compensation: -> COMPENSATING -> COMPENSATED (payment failed, cancel, timeout, r
               stock is released. A compensation that is not answered is re-requested on each
               deadline; after SAGA_COMPENSATION_MAX_ATTEMPTS it stops in COMPENSATION_FAILED
               for ops to retry by hand.
+Ops (admin console): RETRY_STEP re-sends the current step's command (orders.created in STARTED,
+              payments.process_request in PAYMENT_PROCESSING, the pending undo while
+              compensating); FORCE_COMPENSATION starts compensating like a cancel; RESOLVE ends a
+              COMPENSATION_FAILED saga as COMPENSATED (order cancelled) after a manual fix.
 """
 from __future__ import annotations
 
@@ -49,6 +53,11 @@ class Trigger(enum.StrEnum):
     CANCEL = "cancel"    # POST /orders/{id}/cancel
     TIMEOUT = "timeout"  # the deadline sweep
     RETRY = "retry"      # ops: retry a failed compensation
+    # Ops actions from the admin console (saga.services.saga_retry_step / _force_compensation /
+    # _mark_resolved); each is audited with who and why.
+    RETRY_STEP = "retry_step"                  # re-send the command the current step waits on
+    FORCE_COMPENSATION = "force_compensation"  # the cancel path, with the ops reason
+    RESOLVE = "resolve"                        # a failed compensation was fixed by hand: end it
 
 
 class Effect(enum.StrEnum):
@@ -142,4 +151,16 @@ RULES: tuple[Rule, ...] = (
     Rule(ENDED_UNPAID, T.PAYMENT_SUCCEEDED, "process_payment", "late success: refund requested",
          effects=(Effect.REQUEST_REFUND,)),
     Rule(ENDED_UNPAID, T.PAYMENT_REFUNDED, "process_payment", "late success refunded"),
+    # Ops: re-send the current step's command; the deadlines stand (a retry does not hold the
+    # customer's stock or money any longer). orders.created is not an engine effect (saga_start
+    # sends it), so saga_retry_step sends it again itself.
+    Rule(_from(S.STARTED), T.RETRY_STEP, "reserve_inventory", "orders.created re-sent by hand"),
+    Rule(_from(S.PAYMENT_PROCESSING), T.RETRY_STEP, "process_payment", "payment request re-sent by hand",
+         effects=(Effect.REQUEST_PAYMENT,)),
+    # Ops: compensate now, exactly like a cancel (what happens while compensating, RETRY_STEP and
+    # RESOLVE included, is in the engine's compensation rules).
+    Rule(_from(S.STARTED), T.FORCE_COMPENSATION, "compensation", "compensation forced by hand",
+         undo=("reserve_inventory",)),
+    Rule(_from(S.PAYMENT_PROCESSING), T.FORCE_COMPENSATION, "compensation", "compensation forced by hand",
+         undo=("process_payment", "reserve_inventory")),
 )

@@ -144,6 +144,19 @@ def _decide_compensating(state: SagaState, trigger: Trigger, *, now, config: Eng
                                       step_deadline_at=now + config.compensation_retry)
         return Decision(applied=True, state=retried, path=(S.COMPENSATING,), effects=(_undo(head),), step=head,
                         outcome="compensation retried by hand", reason=reason)
+    if trigger is Trigger.RETRY_STEP and head:
+        # Ops re-send the pending undo: a fresh attempt budget, from either compensating status.
+        retried = dataclasses.replace(state, status=S.COMPENSATING, compensation_attempts=1,
+                                      step_deadline_at=now + config.compensation_retry)
+        path = (S.COMPENSATING,) if state.status is S.COMPENSATION_FAILED else ()
+        return Decision(applied=True, state=retried, path=path, effects=(_undo(head),), step=head,
+                        outcome="compensation re-sent by hand", reason=reason)
+    if trigger is Trigger.RESOLVE and state.status is S.COMPENSATION_FAILED:
+        # Ops fixed what was left by hand: end it. The order keeps the original cancellation
+        # reason (the customer sees it); the ops reason goes to the step log and the audit log.
+        done = dataclasses.replace(state, status=S.COMPENSATED, step_deadline_at=None, compensations_pending=())
+        return Decision(applied=True, state=done, path=(S.COMPENSATED,), effects=(Effect.CANCEL_ORDER,),
+                        step=head or "compensation", outcome="resolved by hand", reason=reason)
     if trigger is Trigger.PAYMENT_SUCCEEDED and "process_payment" not in pending:
         # The payment was not being undone (it had failed or never started): refund it.
         return Decision(applied=True, state=state, effects=(Effect.REQUEST_REFUND,), step="process_payment",
@@ -174,6 +187,8 @@ def _compensation_reason(state: SagaState, trigger: Trigger, reason: str, config
         return f"cancelled on request{detail}"
     if trigger is Trigger.INVENTORY_RELEASED:
         return f"reservation released before the payment completed{detail}"
+    if trigger is Trigger.FORCE_COMPENSATION:
+        return f"compensation forced by ops{detail}"
     if trigger is Trigger.TIMEOUT:
         if state.status is S.PAYMENT_PROCESSING:
             return (f"payment timed out (no answer within "

@@ -82,3 +82,42 @@ class SagaStep(models.Model):
 
     def __str__(self) -> str:
         return f"{self.step}: {self.outcome}"
+
+
+class AuditEntry(models.Model):
+    """One ops action from the admin console: who, when, what, on which order, why, and how it went.
+
+    Lives in the Order Service's database (with the sagas it is mostly about) and is written by
+    the service that carries the action out, in the same transaction as the action when the
+    action changes this database. `user` is a username, not a foreign key: auth lives in
+    `default`. Never edited or deleted through the admin.
+    """
+
+    class Action(models.TextChoices):
+        RETRY_STEP = "retry_step", "retry the current step"
+        FORCE_COMPENSATION = "force_compensation", "force compensation"
+        MARK_RESOLVED = "mark_resolved", "mark resolved"
+        REFUND = "refund", "refund the payment"
+
+    class Outcome(models.TextChoices):
+        APPLIED = "applied", "applied"
+        REFUSED = "refused", "refused (nothing changed)"
+        FAILED = "failed", "failed (error)"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    at = models.DateTimeField(default=clock.now, db_index=True)
+    user = models.CharField(max_length=150, help_text="Username of the staff member (auth lives in 'default').")
+    action = models.CharField(max_length=32, choices=Action.choices)
+    target = models.CharField(max_length=64, db_index=True, help_text="The order id the action was about.")
+    reason = models.CharField(max_length=300)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    details = models.JSONField(default=dict, blank=True,
+                               help_text="What happened: status before and after, messages sent, or the error.")
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name = "audit entry"
+        verbose_name_plural = "audit log"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.user} {self.action} {self.target} ({self.outcome})"

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import transaction
@@ -41,8 +42,12 @@ def engine_config() -> EngineConfig:
     )
 
 
-def saga_start(*, order: Order) -> SagaInstance:
-    """Create the order's saga and emit its first action (orders.created). Needs a transaction."""
+def saga_start(*, order: Order, items: list | None = None) -> SagaInstance:
+    """Create the order's saga and emit its first action (orders.created). Needs a transaction.
+
+    `items`: the order's OrderItem rows when the caller has them (saves a query).
+    """
+    items = list(order.items.all()) if items is None else items
     now = clock.now()
     state = saga_initial_state(now=now, config=engine_config())
     saga = SagaInstance(order=order, started_at=now, updated_at=now)
@@ -51,17 +56,22 @@ def saga_start(*, order: Order) -> SagaInstance:
     SagaStep.objects.using(DB).create(
         saga=saga, step="reserve_inventory", trigger="start", outcome="requested",
         status_to=state.status, created_at=now,
-        detail={"items": [{"productId": i.product_id, "quantity": i.quantity} for i in order.items.all()]})
+        detail={"items": [{"productId": i.product_id, "quantity": i.quantity} for i in items]})
+    _order_created_send(order, items)
+    return saga
+
+
+def _order_created_send(order: Order, items: list) -> None:
+    """The saga's first action: orders.created (inventory reserves the lines)."""
     outbox_append(OutboxMessage, OrderCreated(
         order_id=str(order.id),
         customer_id=order.customer_id,
         items=tuple({"productId": i.product_id, "quantity": i.quantity, "unitPrice": str(i.unit_price)}
-                    for i in order.items.all()),
+                    for i in items),
         total_amount=order.total_amount,
         currency=order.currency,
         reservation_ttl_seconds=order.reservation_ttl_seconds,
     ), aggregate_id=str(order.id))
-    return saga
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,7 +289,8 @@ def saga_mark_resolved(*, order_id: str, reason: str, by: str) -> OpsResult:
 
 
 def _ops_apply(*, order_id: str, trigger: Trigger, action: str, reason: str, by: str,
-               also=None) -> OpsResult:
+               also: Callable[[SagaResult], list[str]] | None = None) -> OpsResult:
+    """Check, apply and audit one ops trigger; `also` sends what the engine does not (its subjects)."""
     reason = ops_reason_clean(reason)
     try:
         uuid.UUID(str(order_id))
@@ -287,16 +298,18 @@ def _ops_apply(*, order_id: str, trigger: Trigger, action: str, reason: str, by:
         raise NotFoundError(f"no order {order_id}") from None
     entry_id = uuid.uuid4()
     with transaction.atomic(using=DB, durable=True):
-        # Same lock order as saga_apply (order, then saga), which takes them again for free.
-        order = Order.objects.using(DB).select_for_update().filter(id=order_id).first()
-        if order is None:
-            raise NotFoundError(f"no order {order_id}")
-        saga = SagaInstance.objects.using(DB).select_for_update().get(order=order)
+        # The same lock as saga_apply's (saga and order in one statement), which then takes it again for free.
+        saga = SagaInstance.objects.using(DB).select_related("order").select_for_update().filter(
+            order_id=order_id).first()
+        if saga is None:
+            raise NotFoundError(f"no saga for order {order_id}")
         before = saga.to_state()
         details = {"statusBefore": before.status.value, "stepBefore": before.current_step}
         preview = saga_decide(before, trigger, now=clock.now(), config=engine_config(), reason=reason)
         if not preview.applied:
-            why = f"{action.replace('_', ' ')} does not apply in {before.status}"
+            why = f"{AuditEntry.Action(action).label} does not apply in {before.status}"
+            if before.is_terminal:
+                why += " (the saga has ended)"
             entry = audit_record(user=by, action=action, target=order_id, reason=reason,
                                  outcome=AuditEntry.Outcome.REFUSED, details={**details, "why": why},
                                  entry_id=entry_id)
@@ -317,13 +330,4 @@ def _ops_apply(*, order_id: str, trigger: Trigger, action: str, reason: str, by:
 
 def _order_created_resend(order: Order) -> None:
     """orders.created again, as saga_start sent it (under a new event id)."""
-    items = list(order.items.all())
-    outbox_append(OutboxMessage, OrderCreated(
-        order_id=str(order.id),
-        customer_id=order.customer_id,
-        items=tuple({"productId": i.product_id, "quantity": i.quantity, "unitPrice": str(i.unit_price)}
-                    for i in items),
-        total_amount=order.total_amount,
-        currency=order.currency,
-        reservation_ttl_seconds=order.reservation_ttl_seconds,
-    ), aggregate_id=str(order.id))
+    _order_created_send(order, list(order.items.all()))

@@ -1,6 +1,8 @@
 """Shared fixtures. The servers come from the environment (`make test` starts them)."""
 from __future__ import annotations
 
+import gc
+
 import pytest
 from django.db import connections
 from rest_framework.authtoken.models import Token
@@ -55,3 +57,17 @@ def other_api(django_user_model) -> APIClient:
 @pytest.fixture
 def staff_api(django_user_model) -> APIClient:
     return _client_for(django_user_model, "ops", staff=True)
+
+
+@pytest.fixture
+def jetstream():
+    """Fresh streams and durable consumers on the test run's NATS; this process's connection renewed."""
+    from infra import nats as nats_bus
+    from infra.streams import ROUTES, STREAMS
+
+    nats_bus.bridge_reset()
+    nats_bus.jetstream_delete_streams_destroying_data([s.name for s in STREAMS])
+    nats_bus.jetstream_ensure(STREAMS, [route.consumer for route in ROUTES])
+    yield
+    nats_bus.bridge_reset()
+    gc.collect()  # a stopped consumer runner's worker threads leave their Django connections to the GC

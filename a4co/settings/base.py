@@ -6,6 +6,8 @@ The defaults point at the embedded servers that `make run` starts (see devstack/
 from __future__ import annotations
 
 import os
+import re
+import ssl
 from pathlib import Path
 
 import dj_database_url
@@ -48,6 +50,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's files, served by us: /api/docs/ needs no CDN
     "django_prometheus",
     "infra",
     "orders",
@@ -59,6 +63,10 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # 413 for a body over DATA_UPLOAD_MAX_MEMORY_SIZE before anything reads it (DRF does not check).
+    "a4co.middleware.RequestBodyLimitMiddleware",
+    # gunicorn serves no files: WhiteNoise serves STATIC_ROOT (collectstatic) for the admin and /api/docs/.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -120,8 +128,24 @@ SERVICE_DATABASES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Messaging --------------------------------------------------------------------------
-NATS_URL = env_str("NATS_URL", "nats://127.0.0.1:14222")
+NATS_URL = env_str("NATS_URL", "nats://127.0.0.1:14222")  # comma-separated for a cluster's seed servers
 NATS_CONNECT_TIMEOUT_SECONDS = env_int("NATS_CONNECT_TIMEOUT_SECONDS", 5)
+# Authentication, one way at most: user + password, a token, or an nkey/JWT credentials file
+# (infra/nats.py passes them to nats-py; they never appear in a log line or an error message).
+NATS_USER = env_str("NATS_USER", "")
+NATS_PASSWORD = env_str("NATS_PASSWORD", "")
+NATS_TOKEN = env_str("NATS_TOKEN", "")
+NATS_CREDS_FILE = env_str("NATS_CREDS_FILE", "")
+# TLS: a CA bundle to verify the server (implies TLS, as does a tls:// URL); cert + key for mutual TLS.
+NATS_TLS_CA_FILE = env_str("NATS_TLS_CA_FILE", "")
+NATS_TLS_CERT_FILE = env_str("NATS_TLS_CERT_FILE", "")
+NATS_TLS_KEY_FILE = env_str("NATS_TLS_KEY_FILE", "")
+if sum(map(bool, (NATS_USER or NATS_PASSWORD, NATS_TOKEN, NATS_CREDS_FILE))) > 1:
+    raise ImproperlyConfigured("set one NATS authentication: NATS_USER + NATS_PASSWORD, NATS_TOKEN or NATS_CREDS_FILE")
+if bool(NATS_USER) != bool(NATS_PASSWORD):
+    raise ImproperlyConfigured("NATS_USER and NATS_PASSWORD go together: set both or neither")
+if NATS_TLS_KEY_FILE and not NATS_TLS_CERT_FILE:
+    raise ImproperlyConfigured("NATS_TLS_KEY_FILE needs NATS_TLS_CERT_FILE (the client certificate)")
 JETSTREAM_REPLICAS = env_int("JETSTREAM_REPLICAS", 1)
 JETSTREAM_MAX_AGE_SECONDS = env_int("JETSTREAM_MAX_AGE_SECONDS", 7 * 24 * 3600)
 JETSTREAM_DUPLICATE_WINDOW_SECONDS = env_int("JETSTREAM_DUPLICATE_WINDOW_SECONDS", 300)
@@ -129,6 +153,11 @@ CONSUMER_MAX_DELIVER = env_int("CONSUMER_MAX_DELIVER", 3)
 CONSUMER_ACK_WAIT_SECONDS = env_int("CONSUMER_ACK_WAIT_SECONDS", 30)
 CONSUMER_BACKOFF_BASE_SECONDS = float(env_str("CONSUMER_BACKOFF_BASE_SECONDS", "1"))
 CONSUMER_FETCH_BATCH = env_int("CONSUMER_FETCH_BATCH", 32)
+# Threads per consumer route: messages of different orders are handled in parallel.
+CONSUMER_THREADS = env_int("CONSUMER_THREADS", 8)
+# How long a message waits in place for a dependency that is down (database, Stripe) before the
+# failure counts as one of its max_deliver deliveries.
+CONSUMER_UNAVAILABLE_WAIT_SECONDS = env_int("CONSUMER_UNAVAILABLE_WAIT_SECONDS", 30)
 RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 500)
 RELAY_PUBLISH_TIMEOUT_SECONDS = env_int("RELAY_PUBLISH_TIMEOUT_SECONDS", 5)
 # The public message contracts (each app's messages.py), registered by subject.
@@ -138,11 +167,32 @@ OUTBOX_MODELS = ["orders.OutboxMessage", "inventory.OutboxMessage", "payments.Ou
 
 # --- Celery -----------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "redis://127.0.0.1:16379/0")
+# A rediss:// broker (Redis over TLS) verifies the server's certificate, against REDIS_TLS_CA_FILE
+# when set (else the system's CAs); REDIS_TLS_CERT_FILE + REDIS_TLS_KEY_FILE for mutual TLS.
+REDIS_TLS_CA_FILE = env_str("REDIS_TLS_CA_FILE", "")
+REDIS_TLS_CERT_FILE = env_str("REDIS_TLS_CERT_FILE", "")
+REDIS_TLS_KEY_FILE = env_str("REDIS_TLS_KEY_FILE", "")
+
+
+def redis_tls_options() -> dict:
+    """redis-py's TLS keyword arguments for rediss:// URLs (kombu and Django's RedisCache take them)."""
+    options = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if REDIS_TLS_CA_FILE:
+        options["ssl_ca_certs"] = REDIS_TLS_CA_FILE
+    if REDIS_TLS_CERT_FILE:
+        options.update(ssl_certfile=REDIS_TLS_CERT_FILE, ssl_keyfile=REDIS_TLS_KEY_FILE or None)
+    return options
+
+
+if CELERY_BROKER_URL.startswith("rediss://"):
+    CELERY_BROKER_USE_SSL = redis_tls_options()
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 RELAY_BEAT_SECONDS = float(env_str("RELAY_BEAT_SECONDS", "1"))
+# A pending kick older than this is assumed lost (its task died) and the next commit kicks again.
+RELAY_KICK_FLAG_TTL_MS = env_int("RELAY_KICK_FLAG_TTL_MS", 2000)
 SWEEP_BEAT_SECONDS = float(env_str("SWEEP_BEAT_SECONDS", "5"))
 CELERY_BEAT_SCHEDULE = {
     # Safety net: a lost on-commit kick delays a message by at most this much.
@@ -179,29 +229,95 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "a4co.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
     "NON_FIELD_ERRORS_KEY": "nonFieldErrors",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "A4CO order saga API",
+    "DESCRIPTION": (
+        "Orders (placing one starts its saga), product stock, reservations, payments and the saga "
+        "history. Authenticate with `Authorization: Token <key>` (`manage.py api_token USERNAME`). "
+        "Errors are `{\"detail\": \"...\", \"code\": \"...\"}`, plus one key per invalid field "
+        "(its messages) on 400."),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 API_PAGE_SIZE_DEFAULT = 50
 API_PAGE_SIZE_MAX = 200
 ORDER_MAX_ITEMS = 100
 ORDER_MAX_QUANTITY = 10_000
 ORDER_MAX_UNIT_PRICE = "1000000.00"
-DATA_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024  # request bodies: larger ones get a 413 (a4co/middleware.py)
+# Placing orders, per API user, in DRF's syntax ("600/minute"; second, minute, hour or day); a
+# client past it gets 429 with Retry-After. Empty (the default here): no limit.
+ORDER_CREATE_THROTTLE_RATE = env_str("ORDER_CREATE_THROTTLE_RATE", "")
+if ORDER_CREATE_THROTTLE_RATE and not re.fullmatch(r"[1-9]\d*/(s|sec|second|m|min|minute|h|hour|d|day)",
+                                                   ORDER_CREATE_THROTTLE_RATE):
+    raise ImproperlyConfigured(
+        f"ORDER_CREATE_THROTTLE_RATE must look like 600/minute, got {ORDER_CREATE_THROTTLE_RATE!r}")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+# WhiteNoise indexes STATIC_ROOT (filled by collectstatic) once at start-up. Where collectstatic
+# has not run (the in-process test client, a fresh checkout) it looks files up per request
+# instead, which also spares a "No directory at" warning per request handler.
+WHITENOISE_AUTOREFRESH = not STATIC_ROOT.is_dir()
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    # Plain storage, not the manifest one: a missing collectstatic must not break every page.
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
 
+# --- Admin console (saga ops) -----------------------------------------------------------
+# At most this many sagas per bulk action (retry, force compensation, mark resolved); more is refused.
+ADMIN_BULK_ACTION_LIMIT = env_int("ADMIN_BULK_ACTION_LIMIT", 20)
+# "Stuck" in the saga list: not ended and past its deadline, or no change for this long.
+ADMIN_SAGA_STUCK_IDLE_SECONDS = env_int("ADMIN_SAGA_STUCK_IDLE_SECONDS", 600)
+# "Expiring soon" in the reservation list: ACTIVE and expiring within this many seconds.
+ADMIN_RESERVATION_EXPIRING_SECONDS = env_int("ADMIN_RESERVATION_EXPIRING_SECONDS", 120)
+
+# --- Logging ----------------------------------------------------------------------------
+# LOG_FORMAT=json: one JSON object per line with orderId/sagaId/eventId/consumer when known
+# (see a4co/logging.py); plain (the default) is for people reading a terminal.
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOG_FORMAT = env_str("LOG_FORMAT", "plain").lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "a4co.logging.ContextFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                   "json": {"()": "a4co.logging.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    # stripe-python logs every request at INFO: too much on the payment hot path.
+    "loggers": {"django.db.backends": {"level": "INFO"}, "stripe": {"level": "WARNING"}},
 }
+# Celery workers and beat keep this configuration instead of installing their own handlers.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- Metrics ----------------------------------------------------------------------------
+# GET /metrics (infra/metrics.py). Counters of the relay and the consumers live in their
+# processes; with PROMETHEUS_MULTIPROC_DIR set (make run sets it) every process writes them to
+# that directory and /metrics adds them up. Unset, each process exports only its own.
+# Business and backlog gauges are computed from the databases and NATS at scrape time.
+METRICS_NATS_TIMEOUT_SECONDS = float(env_str("METRICS_NATS_TIMEOUT_SECONDS", "1"))
+# A scrape reuses the JetStream consumer states (or NATS being down) for this long.
+METRICS_NATS_CACHE_SECONDS = float(env_str("METRICS_NATS_CACHE_SECONDS", "5"))
+# The saga duration histogram keeps the sagas finished more than SETTLE seconds ago counted in
+# memory (they never change) and queries only the newer ones; it recounts all every RECOUNT s.
+METRICS_SAGA_SETTLE_SECONDS = env_int("METRICS_SAGA_SETTLE_SECONDS", 300)
+METRICS_SAGA_RECOUNT_SECONDS = env_int("METRICS_SAGA_RECOUNT_SECONDS", 3600)

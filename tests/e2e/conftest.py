@@ -35,6 +35,11 @@ class System:
     shop_token: str
     staff_token: str
     logs: Path
+    env: dict = dataclasses.field(default_factory=dict, repr=False)  # what the processes run with
+
+    def manage(self, *args: str) -> str:
+        """Run a manage.py command against the system (its databases and settings); its stdout."""
+        return _manage(self.env, *args)
 
     def client(self, token: str | None = None) -> requests.Session:
         session = requests.Session()
@@ -94,10 +99,12 @@ def system(tmp_path_factory) -> System:
         "PORT": str(port),
         "SWEEP_BEAT_SECONDS": "1",
         "PYTHONUNBUFFERED": "1",
+        "STATIC_ROOT": str(logs.parent / "e2e-static"),  # WhiteNoise serves it (admin CSS, API docs)
     }
     nats_bus.jetstream_delete_streams_destroying_data([s.name for s in STREAMS])
     _manage(env, "migrate_all")
     _manage(env, "setup_streams")
+    _manage(env, "collectstatic", "--noinput", "--verbosity", "0")
     shop_token = _manage(env, "api_token", "e2e-shop")
     staff_token = _manage(env, "api_token", "e2e-ops", "--staff")
 
@@ -110,7 +117,7 @@ def system(tmp_path_factory) -> System:
             log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed below
             children.append((spawn(spec, stdout=log), spec, log))
         system = System(base_url=f"http://127.0.0.1:{port}", shop_token=shop_token, staff_token=staff_token,
-                        logs=logs)
+                        logs=logs, env=env)
 
         def ready() -> bool:
             try:

@@ -4,26 +4,13 @@ from __future__ import annotations
 import asyncio
 import threading
 
-import pytest
 from django.db import transaction
 
-from infra import nats as nats_bus
 from infra.consumers import ConsumerRunner
 from infra.outbox import outbox_append
-from infra.streams import ROUTES, STREAMS
 from orders.messages import OrderCreated
 from orders.models import OutboxMessage as OrdersOutbox
 from tests.helpers import wait_until
-
-
-@pytest.fixture
-def jetstream():
-    """Fresh streams and consumers for each test; this process's NATS connection renewed."""
-    nats_bus.bridge_reset()
-    nats_bus.jetstream_delete_streams_destroying_data([s.name for s in STREAMS])
-    nats_bus.jetstream_ensure(STREAMS, [route.consumer for route in ROUTES])
-    yield
-    nats_bus.bridge_reset()
 
 
 def order_created(order_id: str, product_id: str = "oil", quantity: int = 2):

@@ -147,3 +147,17 @@ def test_dead_letters_command_lists_them(jetstream, capsys):
     call_command("dead_letters", "list")
     out = capsys.readouterr().out
     assert "inventory-service" in out and "orders.created" in out and "not JSON" in out
+
+
+def test_an_unavailable_dependency_is_waited_out_without_spending_deliveries(jetstream, settings):
+    failing_handlers.CALLS.clear()
+    failing_handlers.FLAKY_FAILURES["left"] = 4  # more failures than max_deliver allows deliveries
+    flaky = dataclasses.replace(INVENTORY_ON_ORDERS, handlers="tests.infra.failing_handlers.FLAKY_HANDLERS")
+    order_created("order-flaky")
+    outbox_relay_drain()
+    with RunnerThread([flaky]) as runner:
+        wait_until(lambda: InboxMessage.objects.filter(aggregate_id="order-flaky").exists(), message="handled")
+    assert failing_handlers.CALLS == ["order-flaky"] * 5
+    assert InboxMessage.objects.get(aggregate_id="order-flaky").deliveries == 1
+    assert runner.counts == {("inventory-service", "handled"): 1}
+    assert not DeadLetter.objects.exists()

@@ -205,8 +205,8 @@ def test_healthz_is_open(client):
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_an_absurdly_large_body_is_a_400_not_a_500(api):
+def test_an_absurdly_large_body_is_a_413_not_a_500(api):
     body = order_body(customerId="c")
     body["padding"] = "x" * 400_000
     response = place(api, body)
-    assert response.status_code == 400
+    assert response.status_code == 413  # a4co.middleware.RequestBodyLimitMiddleware

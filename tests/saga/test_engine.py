@@ -40,6 +40,11 @@ FORWARD = [
     (S.FAILED, T.PAYMENT_SUCCEEDED, (), (E.REQUEST_REFUND,), ()),
     (S.COMPENSATED, T.PAYMENT_REFUNDED, (), (), ()),
     (S.FAILED, T.PAYMENT_REFUNDED, (), (), ()),
+    # Ops. orders.created is re-sent by saga_retry_step itself (it is not an engine effect).
+    (S.STARTED, T.RETRY_STEP, (), (), ()),
+    (S.PAYMENT_PROCESSING, T.RETRY_STEP, (), (E.REQUEST_PAYMENT,), ()),
+    (S.STARTED, T.FORCE_COMPENSATION, (S.COMPENSATING,), (E.REQUEST_RELEASE,), ("reserve_inventory",)),
+    (S.PAYMENT_PROCESSING, T.FORCE_COMPENSATION, (S.COMPENSATING,), (E.REQUEST_PAYMENT_CANCEL,), PAY_AND_STOCK),
 ]
 
 
@@ -141,6 +146,27 @@ class TestCompensation:
         state = self.compensating()
         assert when(state, trigger).state == state
 
+    @pytest.mark.parametrize("status, path", [(S.COMPENSATING, ()), (S.COMPENSATION_FAILED, (S.COMPENSATING,))])
+    def test_ops_retry_re_sends_the_pending_undo_with_a_fresh_budget(self, status, path):
+        state = self.compensating(attempts=3, status=status)
+        retried = when(state, T.RETRY_STEP, reason="stripe is back")
+        assert retried.applied and retried.path == path and retried.effects == (E.REQUEST_PAYMENT_CANCEL,)
+        assert retried.state.status is S.COMPENSATING and retried.state.compensation_attempts == 1
+        assert retried.state.compensations_pending == PAY_AND_STOCK
+        assert retried.state.next_deadline_at == NOW + dt.timedelta(seconds=30)
+
+    def test_a_failed_compensation_is_resolved_by_hand(self):
+        failed = self.compensating(attempts=3, status=S.COMPENSATION_FAILED)
+        resolved = when(failed, T.RESOLVE, reason="refunded in the Stripe dashboard")
+        assert resolved.path == (S.COMPENSATED,) and resolved.effects == (E.CANCEL_ORDER,)
+        assert resolved.state.compensations_pending == () and resolved.state.next_deadline_at is None
+        assert resolved.state.compensation_reason == "cancelled on request"  # the customer's reason stays
+
+    def test_resolve_and_force_apply_only_where_they_make_sense(self):
+        assert not when(self.compensating(), T.RESOLVE).applied  # still running: retry or wait
+        assert not when(self.compensating(), T.FORCE_COMPENSATION).applied
+        assert not when(self.compensating(status=S.COMPENSATION_FAILED), T.FORCE_COMPENSATION).applied
+
     def test_timeouts_and_retries_do_not_apply_in_the_wrong_status(self):
         assert not when(self.compensating(status=S.COMPENSATION_FAILED), T.TIMEOUT).applied
         assert not when(self.compensating(), T.RETRY).applied
@@ -197,6 +223,10 @@ class TestReasons:
 
     def test_timeout_waiting_for_inventory_names_the_saga_timeout(self):
         assert "saga timed out in STARTED" in when(given(S.STARTED), T.TIMEOUT).state.compensation_reason
+
+    def test_forced_compensation_says_ops_and_why(self):
+        state = when(given(S.PAYMENT_PROCESSING), T.FORCE_COMPENSATION, reason="customer called").state
+        assert state.compensation_reason == "compensation forced by ops: customer called"
 
     def test_cancel_reason_is_kept_for_the_order(self):
         state = when(given(S.STARTED), T.CANCEL, reason="changed my mind").state

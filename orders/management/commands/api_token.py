@@ -11,8 +11,10 @@ class Command(BaseCommand):
         parser.add_argument("username", help="The API user; created without a password if missing.")
         parser.add_argument("--staff", action="store_true",
                             help="Make the user staff (reads every order, manages stock and sagas).")
+        parser.add_argument("--rotate", action="store_true",
+                            help="Replace the user's token with a new one: the old key stops working at once.")
 
-    def handle(self, *args, username: str, staff: bool, **options):
+    def handle(self, *args, username: str, staff: bool, rotate: bool = False, **options):
         username = username.strip()
         if not username or len(username) > 150:
             raise CommandError("USERNAME must be 1 to 150 characters")
@@ -22,5 +24,7 @@ class Command(BaseCommand):
         if staff and not user.is_staff:
             user.is_staff = True
         user.save()
+        if rotate:
+            Token.objects.filter(user=user).delete()
         token, _ = Token.objects.get_or_create(user=user)
         self.stdout.write(token.key)

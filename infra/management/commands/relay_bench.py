@@ -1,0 +1,70 @@
+import threading
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connections, transaction
+
+from infra import nats as nats_bus
+from infra.relay import outbox_relay_drain
+from orders.models import OutboxMessage
+
+BENCH_STREAM = "A4CO_BENCH"
+BENCH_SUBJECT = "a4cobench.relay"
+
+
+class Command(BaseCommand):
+    help = ("Benchmark the relay: fill the orders outbox with N messages (realistic ~400-byte payloads) on a "
+            "scratch subject, time the drain to JetStream (file storage, acks awaited), print messages/s, then "
+            "remove the rows and the scratch stream.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--messages", type=int, default=100_000, help="How many messages (default 100000).")
+        parser.add_argument("--batch", type=int, default=1000, help="Relay batch size (default 1000).")
+        parser.add_argument("--relays", type=int, default=1,
+                            help="Relays draining in parallel (threads; SKIP LOCKED shares the rows).")
+
+    def handle(self, *args, messages: int, batch: int, relays: int, **options):
+        if messages < 1 or batch < 1 or relays < 1:
+            raise CommandError("--messages, --batch and --relays must be at least 1")
+        if OutboxMessage.objects.filter(published_at__isnull=True).exists():
+            raise CommandError("the orders outbox has pending rows: run the benchmark on an idle system")
+        nats_bus.jetstream_delete_streams_destroying_data([BENCH_STREAM])
+        nats_bus.jetstream_ensure([nats_bus.StreamSpec(BENCH_STREAM, (f"{BENCH_SUBJECT}",))], [])
+        try:
+            self._fill(messages)
+            self.stdout.write(f"outbox filled with {messages} rows; draining with {relays} relay(s), batch {batch}")
+            started = time.perf_counter()
+            totals = []
+
+            def drain():
+                totals.append(outbox_relay_drain(batch_size=batch, max_batches=10**9).published)
+                connections.close_all()
+
+            threads = [threading.Thread(target=drain) for _ in range(relays)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            seconds = time.perf_counter() - started
+            stored = nats_bus.jetstream_stream_message_count(BENCH_STREAM)
+            self.stdout.write(f"published {sum(totals)} messages in {seconds:.2f}s -> "
+                              f"{sum(totals) / seconds:,.0f} messages/s (stream holds {stored})")
+            if stored != messages:
+                raise CommandError(f"the stream holds {stored} messages, expected {messages}")
+        finally:
+            OutboxMessage.objects.filter(subject=BENCH_SUBJECT).delete()
+            nats_bus.jetstream_delete_streams_destroying_data([BENCH_STREAM])
+
+    def _fill(self, messages: int) -> None:
+        table = OutboxMessage._meta.db_table
+        with transaction.atomic(using="orders"), connections["orders"].cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (id, subject, aggregate_id, payload, created_at, attempts, last_error)"
+                " SELECT gen_random_uuid(), %s, 'bench', jsonb_build_object("
+                "'eventId', gen_random_uuid(), 'eventType', %s, 'occurredAt', now(), 'schemaVersion', 1,"
+                "'orderId', gen_random_uuid(), 'customerId', 'customer-' || g, 'totalAmount', '42.50',"
+                "'currency', 'EUR', 'items', jsonb_build_array("
+                "jsonb_build_object('productId', 'aceite-oliva-1l', 'quantity', 2, 'unitPrice', '12.50'),"
+                "jsonb_build_object('productId', 'miel-azahar-500g', 'quantity', 1, 'unitPrice', '17.50'))),"
+                " clock_timestamp(), 0, '' FROM generate_series(1, %s) AS g",
+                [BENCH_SUBJECT, BENCH_SUBJECT, messages])
