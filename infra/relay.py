@@ -92,6 +92,8 @@ def outbox_relay_drain(*, batch_size: int | None = None, max_batches: int = 1000
         for _ in range(max_batches):
             stats = outbox_relay_batch(model, batch_size=batch_size)
             total += stats
-            if stats.failed or stats.published < batch_size:
+            # Stop when nothing is claimable (drained, or the rest is locked by another relay)
+            # or a publish failed (NATS trouble: the next run retries).
+            if stats.failed or not stats.batches:
                 break
     return total

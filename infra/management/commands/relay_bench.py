@@ -1,5 +1,6 @@
 import threading
 import time
+from collections import Counter
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections, transaction
@@ -46,6 +47,10 @@ class Command(BaseCommand):
             for thread in threads:
                 thread.join()
             seconds = time.perf_counter() - started
+            left = OutboxMessage.objects.filter(subject=BENCH_SUBJECT, published_at__isnull=True)
+            if left.exists():
+                errors = Counter(left.values_list("last_error", flat=True))
+                raise CommandError(f"{left.count()} rows left pending after a failed batch: {errors.most_common(2)}")
             stored = nats_bus.jetstream_stream_message_count(BENCH_STREAM)
             self.stdout.write(f"published {sum(totals)} messages in {seconds:.2f}s -> "
                               f"{sum(totals) / seconds:,.0f} messages/s (stream holds {stored})")
