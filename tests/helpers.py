@@ -1,6 +1,7 @@
 """Test helpers: waiting on conditions with a deadline (never sleeping for luck)."""
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -20,3 +21,12 @@ def wait_until(condition: Callable[[], T], *, timeout: float = 15.0, interval: f
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}; last value: {last!r}")
         time.sleep(interval)
+
+
+def port_accepts(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on the port right now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False

@@ -108,15 +108,24 @@ def _database(url: str) -> dict:
     return config
 
 
-DATABASES = {
-    "default": _database(DATABASE_URL),
-    "orders": _database(env_str("ORDERS_DATABASE_URL", DATABASE_URL)),
-    "inventory": _database(env_str("INVENTORY_DATABASE_URL", DATABASE_URL)),
-    "payments": _database(env_str("PAYMENTS_DATABASE_URL", DATABASE_URL)),
-}
-# Which aliases share a physical database, fixed here because the test runner renames
-# databases one alias at a time (see a4co/routers.py).
-DATABASE_IDENTITIES = {alias: (c["HOST"], str(c["PORT"]), c["NAME"]) for alias, c in DATABASES.items()}
+def service_databases(default_url: str, config) -> dict:
+    """The four aliases: `default` at `default_url`, each service at its own URL variable or there too."""
+    return {
+        "default": config(default_url),
+        "orders": config(env_str("ORDERS_DATABASE_URL", default_url)),
+        "inventory": config(env_str("INVENTORY_DATABASE_URL", default_url)),
+        "payments": config(env_str("PAYMENTS_DATABASE_URL", default_url)),
+    }
+
+
+def database_identities(databases: dict) -> dict:
+    # Which aliases share a physical database, fixed at settings time because the test runner
+    # renames databases one alias at a time (see a4co/routers.py).
+    return {alias: (c["HOST"], str(c["PORT"]), c["NAME"]) for alias, c in databases.items()}
+
+
+DATABASES = service_databases(DATABASE_URL, _database)
+DATABASE_IDENTITIES = database_identities(DATABASES)
 DATABASE_ROUTERS = ["a4co.routers.ServiceRouter"]
 # app label -> database alias. Apps not listed live in `default`.
 SERVICE_DATABASES = {

@@ -17,7 +17,15 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from a4co.settings.base import *  # noqa: F403
-from a4co.settings.base import LOGGING, env_bool, env_int, env_str, redis_tls_options
+from a4co.settings.base import (
+    LOGGING,
+    database_identities,
+    env_bool,
+    env_int,
+    env_str,
+    redis_tls_options,
+    service_databases,
+)
 
 REQUIRED = (
     "DJANGO_SECRET_KEY",
@@ -96,13 +104,8 @@ def _database(url: str) -> dict:
     return config
 
 
-DATABASES = {
-    "default": _database(DATABASE_URL),
-    "orders": _database(env_str("ORDERS_DATABASE_URL", DATABASE_URL)),
-    "inventory": _database(env_str("INVENTORY_DATABASE_URL", DATABASE_URL)),
-    "payments": _database(env_str("PAYMENTS_DATABASE_URL", DATABASE_URL)),
-}
-DATABASE_IDENTITIES = {alias: (c["HOST"], str(c["PORT"]), c["NAME"]) for alias, c in DATABASES.items()}
+DATABASES = service_databases(DATABASE_URL, _database)
+DATABASE_IDENTITIES = database_identities(DATABASES)
 
 # --- Messaging, broker, cache -----------------------------------------------------------------
 NATS_URL = env_required("NATS_URL")  # NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS_FILE, NATS_TLS_*: base.py

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import requests
 
-from devstack.process import death_signal_preexec
-from tests.devstack_runner import INHERITED, REPO, read_state, readyz
+from tests.devstack_runner import devstack_run, read_state, readyz
 from tests.helpers import wait_until
 
 # Every process kind the supervisor runs (the Stripe stand-in keeps its data in memory: left out).
@@ -36,77 +33,48 @@ def group_members(groups: set[int]) -> list[str]:
 
 
 def test_run_recovers_from_kill_9_and_stops_cleanly(scratch):
-    datadir = scratch / "run"
-    env = {k: v for k, v in os.environ.items() if k not in INHERITED and not k.startswith("DEVSTACK_")}
-    env["DEVSTACK_TMPDIR"] = str(scratch)  # harmless; keeps the child's temp files with ours
-    log_path = scratch / "devstack-run.out"
-    argv = [sys.executable, "-m", "devstack", "run", "--datadir", str(datadir), "--ports", "auto",
-            "--stripe-proxy", "--no-seed"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, preexec_fn=death_signal_preexec(signal.SIGTERM))  # noqa: PLW1509
-    state_path = datadir / "state.json"
-    seen_groups: set[int] = set()
-
-    def fail_context() -> str:
-        tail = log_path.read_text(errors="replace").splitlines(True)[-60:]
-        return "\n--- devstack output (tail) ---\n" + "".join(tail)
-
-    try:
-        def ready_state():
-            assert proc.poll() is None, f"devstack exited with {proc.returncode}{fail_context()}"
+    with devstack_run(scratch, "--stripe-proxy", "--no-seed") as stack:
+        proc, state_path = stack["proc"], stack["state_path"]
+        try:
             state = read_state(state_path)
-            return state if state and state["ready"] else None
+            assert set(state["env"]) == {"DATABASE_URL", "NATS_URL", "CELERY_BROKER_URL", "STRIPE_API_BASE",
+                                         "STRIPE_UPSTREAM"}
+            assert state["env"]["STRIPE_API_BASE"] != state["env"]["STRIPE_UPSTREAM"]
+            assert state["proxy_control_url"] == state["env"]["STRIPE_API_BASE"] + "/_chaos"
+            processes = state["processes"]
+            assert {"postgres", "nats", "redis", "stripe", "stripe-proxy", "web", "worker", "beat",
+                    "consumers"} <= set(processes)
+            assert processes["postgres"]["kind"] == "server" and processes["web"]["kind"] == "app"
+            seen_groups = {p["group"] for p in processes.values()}
+            web_url = state["web_url"]
+            assert requests.get(state["proxy_control_url"], timeout=5).json()["upstream"] == \
+                state["env"]["STRIPE_UPSTREAM"]
 
-        state = wait_until(ready_state, timeout=60, interval=0.1, message="state.json ready")
-        assert set(state["env"]) == {"DATABASE_URL", "NATS_URL", "CELERY_BROKER_URL", "STRIPE_API_BASE",
-                                     "STRIPE_UPSTREAM"}
-        assert state["env"]["STRIPE_API_BASE"] != state["env"]["STRIPE_UPSTREAM"]
-        assert state["proxy_control_url"] == state["env"]["STRIPE_API_BASE"] + "/_chaos"
-        processes = state["processes"]
-        assert {"postgres", "nats", "redis", "stripe", "stripe-proxy", "web", "worker", "beat",
-                "consumers"} <= set(processes)
-        assert processes["postgres"]["kind"] == "server" and processes["web"]["kind"] == "app"
-        seen_groups |= {p["group"] for p in processes.values()}
-        web_url = state["web_url"]
-        wait_until(lambda: readyz(web_url), timeout=30, interval=0.1, message="/readyz 200")
-        assert requests.get(state["proxy_control_url"], timeout=5).json()["upstream"] == \
-            state["env"]["STRIPE_UPSTREAM"]
+            old = {name: processes[name]["pid"] for name in KILLED}
+            for name in KILLED:
+                os.kill(old[name], signal.SIGKILL)
+            killed_at = time.monotonic()
 
-        old = {name: processes[name]["pid"] for name in KILLED}
-        for name in KILLED:
-            os.kill(old[name], signal.SIGKILL)
-        killed_at = time.monotonic()
+            def all_back():
+                current = read_state(state_path)["processes"]
+                back = all(current[n]["pid"] not in (None, old[n]) and current[n]["status"] == "running"
+                           for n in KILLED)
+                return current if back else None
 
-        def all_back():
-            current = read_state(state_path)["processes"]
-            back = all(current[n]["pid"] not in (None, old[n]) and current[n]["status"] == "running" for n in KILLED)
-            return current if back else None
+            current = wait_until(all_back, timeout=20, interval=0.05, message=f"new pids for {KILLED}")
+            # More than one restart is allowed: e.g. the consumers may come back before NATS is up,
+            # exit, and be restarted again.
+            assert all(current[n]["restarts"] >= 1 for n in KILLED), current
+            seen_groups |= {p["group"] for p in current.values() if p["group"]}
+            wait_until(lambda: readyz(web_url), timeout=20, interval=0.1, message="/readyz 200 after the kills")
+            assert time.monotonic() - killed_at < 20
 
-        current = wait_until(all_back, timeout=20, interval=0.05, message=f"new pids for {KILLED}")
-        # More than one restart is allowed: e.g. the consumers may come back before NATS is up, exit,
-        # and be restarted again.
-        assert all(current[n]["restarts"] >= 1 for n in KILLED), current
-        seen_groups |= {p["group"] for p in current.values() if p["group"]}
-        wait_until(lambda: readyz(web_url), timeout=20, interval=0.1, message="/readyz 200 after the kills")
-        recovered_in = time.monotonic() - killed_at
-        assert recovered_in < 20
-
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, fail_context()
-        final = read_state(state_path)
-        assert final["ready"] is False and final["stopping"] is True
-        assert all(p["pid"] is None and p["status"] == "stopped" for p in final["processes"].values())
-        leftovers = group_members(seen_groups)
-        assert leftovers == [], f"still alive after the devstack stopped: {leftovers}"
-    finally:
-        print(fail_context())  # pytest shows it if the test failed
-        print("--- devstack.log ---\n" + (datadir / "logs" / "devstack.log").read_text(errors="replace")
-              if (datadir / "logs" / "devstack.log").exists() else "")
-        if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            assert proc.wait(timeout=30) == 0, stack["tail"]()
+            final = read_state(state_path)
+            assert final["ready"] is False and final["stopping"] is True
+            assert all(p["pid"] is None and p["status"] == "stopped" for p in final["processes"].values())
+            leftovers = group_members(seen_groups)
+            assert leftovers == [], f"still alive after the devstack stopped: {leftovers}"
+        finally:
+            print(stack["tail"]())  # pytest shows it if the test failed

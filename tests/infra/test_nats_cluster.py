@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 from pathlib import Path
 
 import nats
@@ -19,19 +18,11 @@ from infra.relay import outbox_relay_drain
 from infra.streams import ROUTES, STREAMS
 from orders.models import OutboxMessage as OrdersOutbox
 from tests.conftest import ALL_DATABASES
-from tests.helpers import wait_until
+from tests.helpers import port_accepts, wait_until
 from tests.infra.conftest import order_created
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "cluster-test-pw"
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -51,7 +42,8 @@ def cluster(tmp_path):
             spec = ProcessSpec(name=f"nats-{n + 1}", argv=[str(venv_bin("nats-server")), "-c",
                                                            str(REPO / "infra/nats/nats-cluster.conf")],
                                cwd=str(workdir), env=env, port=client_ports[n],
-                               url=f"nats://127.0.0.1:{client_ports[n]}", probe=lambda p=client_ports[n]: _accepts(p),
+                               url=f"nats://127.0.0.1:{client_ports[n]}",
+                               probe=lambda p=client_ports[n]: port_accepts(p),
                                workdir=workdir)
             nodes.append((start_spec(spec, workdir / "nats.log"), spec.url))
         yield nodes

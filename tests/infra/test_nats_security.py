@@ -3,7 +3,6 @@ authentication or TLS (certificates made here with the openssl CLI). Credentials
 an error message."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,11 @@ from devstack.process import ProcessSpec
 from devstack.servers import free_port, start_spec, venv_bin
 from infra.nats import NatsUnavailableError, jetstream_ensure, nats_ping
 from infra.streams import ROUTES, STREAMS
+from tests.helpers import port_accepts
 from tests.tls import certificates_make
 
 PASSWORD = "pw-9f8e7d-never-logged"
 TOKEN = "tok-1a2b3c-never-logged"
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -39,7 +31,7 @@ def nats_with(tmp_path):
         conf.write_text(f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{workdir}/js" }}\n{block}\n')
         spec = ProcessSpec(name="nats-secured", argv=[str(venv_bin("nats-server")), "-c", str(conf)],
                            cwd=str(workdir), port=port, url=f"nats://127.0.0.1:{port}",
-                           probe=lambda: _accepts(port), workdir=workdir)
+                           probe=lambda: port_accepts(port), workdir=workdir)
         servers.append(start_spec(spec, workdir / "nats.log"))
         return spec.url
 
