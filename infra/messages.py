@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import importlib
 import types
 import typing
@@ -56,7 +57,7 @@ class Message:
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> Message:
-        hints = typing.get_type_hints(cls)
+        hints = _field_types(cls)
         values = {}
         for f in dataclasses.fields(cls):
             key = camel(f.name)
@@ -71,6 +72,12 @@ class Message:
             except (TypeError, ValueError, InvalidOperation) as exc:
                 raise MalformedMessageError(f"{cls.SUBJECT}: field {key!r}: {exc}") from exc
         return cls(**values)
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    # get_type_hints evaluates every annotation string: once per class, not once per message.
+    return typing.get_type_hints(cls)
 
 
 def _to_json(value: Any) -> Any:
