@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -76,11 +77,16 @@ def backoff_seconds(num_delivered: int) -> float:
 
 
 def _connections_refresh() -> None:
-    # Like Django's per-request close_old_connections(): drop broken or expired connections
-    # before handling (a restarted PostgreSQL must not fail every later message). Never
-    # touches a connection inside a transaction.
+    # Like Django's per-request close_old_connections(), but only for a connection that failed or
+    # outlived CONN_MAX_AGE: Django's version also re-arms the health check, one extra
+    # `SELECT 1` round trip per message. A connection broken by a PostgreSQL restart fails its
+    # next query instead, which marks it (errors_occurred) and the runner retries the message.
+    # Never touches a connection inside a transaction.
+    now = time.monotonic()
     for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
+        if connection.in_atomic_block:
+            continue
+        if connection.errors_occurred or (connection.close_at is not None and now >= connection.close_at):
             connection.close_if_unusable_or_obsolete()
 
 
