@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import pytest
 import requests
 import stripe
 
+from tests.debian import debian_tool
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -37,16 +36,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 def chromium() -> str:
     """/usr/bin/chromium, installed from Debian's packages first if it is missing (needs root)."""
-    if not CHROMIUM.exists():
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            pytest.fail(f"{CHROMIUM} is missing and cannot be installed here: run `apt-get install -y chromium` "
-                        "as root (the admin console's browser test needs it)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium", "fonts-dejavu-core"],
-                       check=True, env=env, timeout=900)
-    assert CHROMIUM.exists(), f"apt-get installed chromium but {CHROMIUM} is not there"
-    return str(CHROMIUM)
+    return debian_tool(str(CHROMIUM), "chromium", "fonts-dejavu-core")
 
 
 def three_d_secure_payment_method() -> str:

@@ -6,7 +6,6 @@ checks above stand alone."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,14 +13,19 @@ import pytest
 import yaml
 
 from tests.conftest import ALL_DATABASES
+from tests.debian import debian_tool
 from tests.ops.promtext import PROMETHEUS_SYNTHETIC, expression_metric_names
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "infra" / "prometheus"
 OPERATIONS = REPO / "docs" / "operations.md"
 DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    """promtool, from Debian's `prometheus` package (installed on first use if missing)."""
+    return debian_tool("promtool", "prometheus")
 
 
 def load(name: str) -> dict:
@@ -93,25 +97,22 @@ def test_the_alerts_read_only_exposed_metrics(scrape, jetstream):
     assert not missing
 
 
-@needs_promtool
-def test_promtool_accepts_the_config_and_the_rules():
+def test_promtool_accepts_the_config_and_the_rules(promtool):
     for args in (["check", "config", str(PROMETHEUS_DIR / "prometheus.yml")],
                  ["check", "rules", str(PROMETHEUS_DIR / "alerts.yml")]):
-        result = subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
-def test_the_alert_rules_pass_their_unit_tests():
-    result = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yml"], cwd=Path(__file__).parent,
+def test_the_alert_rules_pass_their_unit_tests(promtool):
+    result = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=Path(__file__).parent,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
 @pytest.mark.django_db(databases=ALL_DATABASES)
-def test_promtool_lints_the_exposition_clean_but_for_the_seed_name(scrape):
-    result = subprocess.run([PROMTOOL, "check", "metrics"], input=scrape().text, capture_output=True, text=True,
+def test_promtool_lints_the_exposition_clean_but_for_the_seed_name(scrape, promtool):
+    result = subprocess.run([promtool, "check", "metrics"], input=scrape().text, capture_output=True, text=True,
                             timeout=60)
     problems = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     # order_status_count is the seed's name, kept as operators chart it, although promtool
