@@ -28,7 +28,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,6 +36,7 @@ from django.conf import settings
 from django.db import DataError, InterfaceError, OperationalError, connections, router, transaction
 from django.utils.module_loading import import_string
 
+from a4co.db import connections_close_stale
 from a4co.errors import TransientError
 from a4co.logging import log_context
 from infra import metrics
@@ -76,27 +76,13 @@ def backoff_seconds(num_delivered: int) -> float:
     return settings.CONSUMER_BACKOFF_BASE_SECONDS * (2 ** max(num_delivered - 1, 0))
 
 
-def _connections_refresh() -> None:
-    # Like Django's per-request close_old_connections(), but only for a connection that failed or
-    # outlived CONN_MAX_AGE: Django's version also re-arms the health check, one extra
-    # `SELECT 1` round trip per message. A connection broken by a PostgreSQL restart fails its
-    # next query instead, which marks it (errors_occurred) and the runner retries the message.
-    # Never touches a connection inside a transaction.
-    now = time.monotonic()
-    for connection in connections.all(initialized_only=True):
-        if connection.in_atomic_block:
-            continue
-        if connection.errors_occurred or (connection.close_at is not None and now >= connection.close_at):
-            connection.close_if_unusable_or_obsolete()
-
-
 def delivery_handle(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: str,
                     num_delivered: int) -> tuple[Outcome, str]:
     """Handle one delivery synchronously (in a worker thread). Never raises.
 
     Returns the outcome and, for RETRY/POISON, the reason.
     """
-    _connections_refresh()
+    connections_close_stale()
     try:
         try:
             payload = json.loads(data)

@@ -83,17 +83,18 @@ OUTCOMES = ("handled", "duplicate", "retry", "poison")
 DEAD_LETTER_SOURCES = ("handler", "advisory")
 
 
-def relay_batch_observe(model, *, published_created_at: Sequence[dt.datetime], failed: int,
+def relay_batch_observe(model, *, published_created_epochs: Sequence[float], failed: int,
                         now: dt.datetime) -> None:
     """Relay hook, called inside the batch's transaction: count the batch once it commits.
 
-    `published_created_at` are the creation times of the rows marked published (they give the
-    outbox-to-stream latency), `failed` how many were not. If the transaction rolls back nothing is
-    counted (the rows are re-published).
+    `published_created_epochs` are the creation times (Unix seconds) of the rows marked published
+    (they give the outbox-to-stream latency), `failed` how many were not. If the transaction rolls
+    back nothing is counted (the rows are re-published).
     """
     outbox = model._meta.app_label
-    published = published_created_at
-    latencies = [max((now - created).total_seconds(), 0.0) for created in published_created_at]
+    published = published_created_epochs
+    now_epoch = now.timestamp()
+    latencies = [max(now_epoch - created, 0.0) for created in published_created_epochs]
 
     def count() -> None:
         if published:

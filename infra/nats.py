@@ -10,7 +10,9 @@ Two ways in:
 
 `publish_batch_bypassing_outbox` is the raw publish. Its name says it: only the relay may
 call it, because a publish that is not backed by a committed outbox row can announce a change
-that never happened, or be lost on a crash.
+that never happened, or be lost on a crash. It sends each stream's messages as JetStream atomic
+batches (server 2.12+, stream `allow_atomic`): one fsync and one PubAck per batch instead of per
+message, which is what makes `sync_interval: always` affordable (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -22,12 +24,15 @@ import logging
 import os
 import ssl
 import threading
+import time
 import urllib.parse
+import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import nats
 import nats.errors
+import nats.js.client
 import nats.js.errors
 from django.conf import settings
 from nats.js import api
@@ -35,6 +40,14 @@ from nats.js import api
 log = logging.getLogger(__name__)
 
 MIN_SERVER_VERSION = (2, 10, 0)
+# Atomic batch publish (ADR-50) and the stream setting `allow_atomic` that enables it.
+ATOMIC_BATCH_MIN_SERVER_VERSION = (2, 12, 0)
+# JetStream API error codes of an atomic batch's commit reply (nats-server errors.json).
+ERR_ATOMIC_PUBLISH_DISABLED = 10174        # the stream does not have allow_atomic
+ERR_ATOMIC_BATCH_DUPLICATE_MSG_ID = 10201  # a Nats-Msg-Id already in the duplicate window
+# A stream found without allow_atomic is published to message by message for this long, then
+# tried again (setup_streams may have enabled it since).
+ATOMIC_RETRY_AFTER_SECONDS = 300.0
 
 
 class NatsUnavailableError(RuntimeError):
@@ -56,8 +69,30 @@ class PublishResult:
 
 @dataclasses.dataclass(frozen=True)
 class StreamSpec:
+    """A stream and its subjects. `atomic`: declare it with allow_atomic (when the server has it)."""
+
     name: str
     subjects: tuple[str, ...]
+    atomic: bool = True
+
+    def covers(self, subject: str) -> bool:
+        """Whether `subject` matches one of the stream's subjects (NATS wildcards `*` and `>`)."""
+        return any(_subject_matches(pattern, subject) for pattern in self.subjects)
+
+
+def _subject_matches(pattern: str, subject: str) -> bool:
+    want, have = pattern.split("."), subject.split(".")
+    for position, token in enumerate(want):
+        if token == ">":
+            return len(have) > position
+        if position >= len(have) or (token != "*" and token != have[position]):
+            return False
+    return len(have) == len(want)
+
+
+def stream_for_subject(subject: str, streams: Sequence[StreamSpec]) -> str | None:
+    """The name of the first of `streams` that covers `subject`; None when none does."""
+    return next((spec.name for spec in streams if spec.covers(subject)), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +212,8 @@ class NatsBridge:
         self._thread.start()
         self._nc = None
         self._lock = threading.Lock()
+        # stream name -> when an atomic batch found it without allow_atomic (loop thread only)
+        self._atomic_off: dict[str, float] = {}
 
     def run(self, coro, timeout: float):
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -191,27 +228,150 @@ class NatsBridge:
             self._nc = await _connect(self._name)
         return self._nc
 
-    async def _publish_batch(self, items: Sequence[tuple[str, bytes, str]], timeout: float):
+    async def _publish_batch(self, items: Sequence[tuple[str, bytes, str]], timeout: float,
+                             streams: Sequence[StreamSpec]) -> list[PublishResult]:
+        """One result per item, in order. Items of a known stream (one of `streams`) go out as
+        atomic batches, the streams concurrently; the others message by message."""
         nc = await self._client()
         if not nc.is_connected:
             raise NatsUnavailableError("NATS connection is reconnecting")
+        deadline = time.monotonic() + timeout
+        atomic = (settings.RELAY_ATOMIC_BATCH_MAX > 0
+                  and server_version(nc) >= ATOMIC_BATCH_MIN_SERVER_VERSION)
+        by_subject: dict[str, str | None] = {}
+        groups: dict[str | None, list[int]] = {}
+        for index, (subject, _data, _msg_id) in enumerate(items):
+            if subject not in by_subject:
+                by_subject[subject] = stream_for_subject(subject, streams) if atomic else None
+            groups.setdefault(by_subject[subject], []).append(index)
+        results: list[PublishResult | None] = [None] * len(items)
+        sends = []
+        for stream, indexes in groups.items():
+            if stream is None or self._atomic_off_for(stream):
+                sends.append(self._publish_each(nc, items, indexes, results, deadline))
+            else:
+                sends.append(self._publish_atomic(nc, stream, items, indexes, results, deadline))
+        await asyncio.gather(*sends)
+        return results
+
+    def _atomic_off_for(self, stream: str) -> bool:
+        since = self._atomic_off.get(stream)
+        if since is not None and time.monotonic() - since > ATOMIC_RETRY_AFTER_SECONDS:
+            del self._atomic_off[stream]
+            return False
+        return since is not None
+
+    async def _publish_each(self, nc, items, indexes: Sequence[int], results: list, deadline: float) -> None:
+        """Publish `items[indexes]` one JetStream publish each, pipelined, and wait for every PubAck
+        until `deadline`. A duplicate PubAck carries the sequence the stream stored it under."""
+        timeout = max(deadline - time.monotonic(), 0.001)
         js = nc.jetstream(timeout=timeout)
         futures = []
-        for subject, data, msg_id in items:
-            futures.append(await js.publish_async(subject, data, headers={"Nats-Msg-Id": msg_id}))
+        for index in indexes:
+            subject, data, msg_id = items[index]
+            try:
+                futures.append(await js.publish_async(subject, data, headers={"Nats-Msg-Id": msg_id}))
+            except (nats.errors.Error, OSError) as exc:  # e.g. the connection closed under us
+                for later in indexes[len(futures):]:
+                    results[later] = PublishResult(items[later][2], ok=False, error=f"not sent: {exc!r}")
+                break
         done, _pending = await asyncio.wait(futures, timeout=timeout) if futures else (set(), set())
-        results = []
-        for (_subject, _data, msg_id), fut in zip(items, futures, strict=True):
+        for index, fut in zip(indexes, futures, strict=False):
+            msg_id = items[index][2]
             if fut not in done:
                 fut.cancel()
-                results.append(PublishResult(msg_id, ok=False, error=f"no PubAck within {timeout}s"))
+                results[index] = PublishResult(msg_id, ok=False, error=f"no PubAck within {timeout:.1f}s")
             elif fut.exception() is not None:
-                results.append(PublishResult(msg_id, ok=False, error=repr(fut.exception())))
+                results[index] = PublishResult(msg_id, ok=False, error=repr(fut.exception()))
             else:
                 ack = fut.result()
-                results.append(PublishResult(msg_id, ok=True, sequence=ack.seq,
-                                             duplicate=bool(ack.duplicate)))
-        return results
+                results[index] = PublishResult(msg_id, ok=True, sequence=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def _publish_atomic(self, nc, stream: str, items, indexes: Sequence[int], results: list,
+                              deadline: float) -> None:
+        """Publish `items[indexes]` (all for `stream`) as atomic batches of at most
+        RELAY_ATOMIC_BATCH_MAX, one batch at a time so that the stream stores them in order.
+
+        A batch the stream refuses (a message already in it, atomic publish disabled, a limit) was
+        stored not at all, so it is sent again message by message. After a batch whose fate is
+        unknown (no commit PubAck) or that failed, the stream's later messages are not sent: the
+        relay retries them, in order, on its next run.
+        """
+        size = settings.RELAY_ATOMIC_BATCH_MAX
+        for start in range(0, len(indexes), size):
+            chunk = indexes[start:start + size]
+            failed = await self._publish_atomic_chunk(nc, stream, items, chunk, results, deadline)
+            if failed:
+                for later in indexes[start + size:]:
+                    results[later] = PublishResult(items[later][2], ok=False,
+                                                   error=f"not sent: an earlier batch for {stream} failed ({failed})")
+                return
+
+    async def _publish_atomic_chunk(self, nc, stream: str, items, chunk: Sequence[int], results: list,
+                                    deadline: float) -> str:
+        """Send one atomic batch and fill in its results; returns "" or the error of a failed row."""
+        batch_id = uuid.uuid4().hex
+        last = len(chunk)
+        try:
+            # All but the last go out as one buffer of HPUB commands (no reply: only the commit
+            # answers); building them here costs a fraction of nats-py's per-publish header
+            # handling, which was the relay's largest cost. The values are ours and plain ASCII
+            # (UUIDs, hex, digits), so there is nothing to validate or escape.
+            commands = []
+            for position, index in enumerate(chunk[:-1], start=1):
+                subject, data, msg_id = items[index]
+                header = (b"NATS/1.0\r\nNats-Msg-Id: %s\r\nNats-Batch-Id: %s\r\nNats-Batch-Sequence: %d\r\n\r\n"
+                          % (msg_id.encode(), batch_id.encode(), position))
+                commands.append(b"HPUB %s %d %d\r\n%s%s\r\n"
+                                % (subject.encode(), len(header), len(header) + len(data), header, data))
+            if commands:
+                await nc._send_command(b"".join(commands))
+            subject, data, msg_id = items[chunk[-1]]
+            headers = {"Nats-Msg-Id": msg_id, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(last),
+                       "Nats-Batch-Commit": "1"}
+            reply = await nc.request(subject, data, headers=headers,
+                                     timeout=max(deadline - time.monotonic(), 0.001))
+        except (nats.errors.TimeoutError, TimeoutError):
+            error = f"no commit PubAck for atomic batch {batch_id} of {last} messages to {stream}"
+        except (nats.errors.Error, OSError) as exc:  # no responders, connection closed, ...
+            error = f"atomic batch to {stream} failed: {exc!r}"
+        else:
+            return await self._atomic_reply_handle(nc, stream, items, chunk, results, deadline, batch_id, reply.data)
+        for index in chunk:
+            results[index] = PublishResult(items[index][2], ok=False, error=error)
+        return error
+
+    async def _atomic_reply_handle(self, nc, stream: str, items, chunk: Sequence[int], results: list,
+                                   deadline: float, batch_id: str, reply: bytes) -> str:
+        try:
+            ack = json.loads(reply)
+        except ValueError:
+            ack = {"error": {"description": f"unreadable commit reply {reply[:200]!r}"}}
+        error = ack.get("error")
+        if error is None and ack.get("batch") == batch_id and ack.get("count") == len(chunk):
+            # The stream stored the batch contiguously, ending at `seq`.
+            first = int(ack["seq"]) - len(chunk) + 1
+            for offset, index in enumerate(chunk):
+                results[index] = PublishResult(items[index][2], ok=True, sequence=first + offset)
+            return ""
+        if error is None:
+            # An ordinary PubAck: a server that ignores the batch headers (older stream leader?).
+            # Each message may or may not be stored; publishing them again deduplicates.
+            self._atomic_off[stream] = time.monotonic()
+            log.warning("relay: %s answered an atomic batch with a plain PubAck %r; publishing to it "
+                        "message by message", stream, reply[:200])
+        elif error.get("err_code") == ERR_ATOMIC_PUBLISH_DISABLED:
+            self._atomic_off[stream] = time.monotonic()
+            log.warning("relay: stream %s does not allow atomic batches (run setup_streams); publishing "
+                        "to it message by message for %.0fs", stream, ATOMIC_RETRY_AFTER_SECONDS)
+        elif error.get("err_code") != ERR_ATOMIC_BATCH_DUPLICATE_MSG_ID:
+            # Refused whole (too large for the server's limits, too many batches in flight, ...).
+            log.warning("relay: atomic batch of %d to %s refused (%s); sending it message by message",
+                        len(chunk), stream, error.get("description", error))
+        # else: a message is in the stream already (the relay died after publishing, before
+        # marking). Nothing of the batch was stored; one publish each acks it as a duplicate.
+        await self._publish_each(nc, items, chunk, results, deadline)
+        return next((results[index].error for index in chunk if not results[index].ok), "")
 
     def close(self) -> None:
         async def _close():
@@ -254,17 +414,27 @@ def _forget_bridge_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_bridge_after_fork)
 
 
-def publish_batch_bypassing_outbox(items: Sequence[tuple[str, bytes, str]]) -> list[PublishResult]:
-    """Publish (subject, data, msg_id) triples pipelined; one result per item, in order.
+def publish_batch_bypassing_outbox(items: Sequence[tuple[str, bytes, str]], *,
+                                   streams: Sequence[StreamSpec] = ()) -> list[PublishResult]:
+    """Publish (subject, data, msg_id) triples; one result per item, in order.
 
-    RELAY ONLY. Waits for every PubAck (up to RELAY_PUBLISH_TIMEOUT_SECONDS). A duplicate
-    PubAck (same Nats-Msg-Id inside the stream's duplicate window) counts as published.
-    Raises NatsUnavailableError when NATS cannot be reached at all.
+    RELAY ONLY. Items whose subject belongs to one of `streams` go out per stream as JetStream
+    atomic batches of at most RELAY_ATOMIC_BATCH_MAX (all or nothing, stored contiguously and
+    in item order; different streams concurrently); the rest, and everything on servers older
+    than 2.12 or streams without allow_atomic, one pipelined publish each.
+
+    A result is ok only once the stream has the message: its batch's commit PubAck, or its own
+    PubAck, arrived within RELAY_PUBLISH_TIMEOUT_SECONDS. A message already in the stream
+    (same Nats-Msg-Id inside the duplicate window) counts as published, with the sequence it
+    was stored under. Items of a stream are stored in order: after a failure in a stream, its
+    later items are reported failed without being sent. Raises NatsUnavailableError when NATS
+    cannot be reached at all.
     """
     timeout = settings.RELAY_PUBLISH_TIMEOUT_SECONDS
     b = bridge()
     try:
-        return b.run(b._publish_batch(items, timeout), timeout=timeout + settings.NATS_CONNECT_TIMEOUT_SECONDS + 1)
+        return b.run(b._publish_batch(items, timeout, streams),
+                     timeout=timeout + settings.NATS_CONNECT_TIMEOUT_SECONDS + 1)
     except (nats.errors.Error, OSError) as exc:
         raise NatsUnavailableError(f"publish failed: {exc!r}") from exc
 
@@ -319,7 +489,9 @@ def jetstream_consumer_states(consumers: Sequence[ConsumerSpec], *, timeout: flo
 # --- Stream and consumer declarations ----------------------------------------------------------
 
 
-def _stream_config(spec: StreamSpec) -> api.StreamConfig:
+def _stream_config(spec: StreamSpec, *, server: tuple[int, int, int]) -> api.StreamConfig:
+    """`spec` as JetStream configuration; atomic batches allowed when `server` (its version) has them."""
+    atomic = server >= ATOMIC_BATCH_MIN_SERVER_VERSION
     return api.StreamConfig(
         name=spec.name,
         subjects=list(spec.subjects),
@@ -328,6 +500,8 @@ def _stream_config(spec: StreamSpec) -> api.StreamConfig:
         max_age=float(settings.JETSTREAM_MAX_AGE_SECONDS),
         duplicate_window=float(settings.JETSTREAM_DUPLICATE_WINDOW_SECONDS),
         num_replicas=settings.JETSTREAM_REPLICAS,
+        # None leaves the field out: servers before 2.12 do not know it.
+        allow_atomic=spec.atomic if atomic else None,
     )
 
 
@@ -345,11 +519,12 @@ def _consumer_config(spec: ConsumerSpec) -> api.ConsumerConfig:
 
 
 async def _ensure(nc, streams: Iterable[StreamSpec], consumers: Iterable[ConsumerSpec]) -> list[str]:
-    server_version_check(server_version(nc))
+    server = server_version(nc)
+    server_version_check(server)
     jsm = nc.jsm()
     report = []
     for spec in streams:
-        config = _stream_config(spec)
+        config = _stream_config(spec, server=server)
         try:
             await jsm.stream_info(spec.name)
         except nats.js.errors.NotFoundError:
@@ -441,12 +616,54 @@ class PullConsumer:
         self._sub = sub
         self.spec = spec
 
+    async def _ready_now(self, batch: int) -> list:
+        """The messages the consumer can hand out right now (up to `batch`), without waiting for
+        new ones: a no-wait pull, which the server answers at once with what it has and, when that
+        is fewer than asked, a 404 status. (Built on nats-py's PullSubscription internals, pinned
+        in requirements.txt: its public fetch has no such mode.)"""
+        js_client = nats.js.client.JetStreamContext
+        sub = self._sub._sub
+        msgs = []
+        # Deliveries already here (e.g. for an earlier pull that timed out on our side) come first;
+        # stray status replies to earlier pulls are dropped.
+        while not sub._pending_queue.empty() and len(msgs) < batch:
+            msg = sub._pending_queue.get_nowait()
+            sub._pending_size -= len(msg.data)
+            if not js_client.is_status_msg(msg):
+                msgs.append(msg)
+        if len(msgs) >= batch:
+            return msgs
+        await self._sub._nc.publish(self._sub._nms, json.dumps({"batch": batch - len(msgs), "no_wait": True}).encode(),
+                                    reply=self._sub._deliver)
+        deadline = time.monotonic() + 5.0
+        while len(msgs) < batch:
+            try:
+                msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.001))
+            except (TimeoutError, nats.errors.TimeoutError):
+                break  # no answer (NATS trouble): the next fetch asks again
+            status = js_client.is_status_msg(msg)
+            if not status:
+                msgs.append(msg)
+            elif not js_client._is_heartbeat(status):
+                break  # 404 no (more) messages, 408, or an error: this pull is answered
+        return msgs
+
     async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
-        """Up to `batch` deliveries, waiting at most `timeout` s; [] when none arrived."""
-        try:
-            msgs = await self._sub.fetch(batch=batch, timeout=timeout)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
+        """Up to `batch` deliveries, waiting at most `timeout` s for the first; [] when none arrived.
+
+        Returns as soon as something is there: what is ready at once, or else the first message
+        to arrive plus whatever arrived with it. (nats-py's fetch(batch=n), once a lingering pull
+        has produced one message, waits for n or the whole timeout: a lone message sat there for
+        up to a second.)
+        """
+        msgs = await self._ready_now(batch)
+        if not msgs:
+            try:
+                msgs = await self._sub.fetch(batch=1, timeout=timeout)
+            except (TimeoutError, nats.errors.TimeoutError):
+                return []
+            if batch > 1:
+                msgs += await self._ready_now(batch - 1)
         deliveries = []
         for msg in msgs:
             meta = msg.metadata

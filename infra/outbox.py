@@ -8,7 +8,10 @@ up within about a second.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import time
 import uuid
 
 import redis
@@ -57,22 +60,50 @@ def _outbox_insert(model, subject: str, wire: dict, *, event_id: uuid.UUID, now,
         raise OutboxUsageError(f"outbox write ({subject}) outside a transaction on {alias!r}")
     model.objects.using(alias).create(id=event_id, subject=subject, aggregate_id=aggregate_id, payload=wire,
                                       created_at=now)
-    _kick_relay_on_commit(alias)
+    _kick_relay_on_commit(alias, model._meta.label)
     return event_id
 
 
-def _kick_relay_on_commit(alias: str) -> None:
-    # One kick per outermost transaction is enough: the relay drains every pending row.
+def _kick_relay_on_commit(alias: str, label: str) -> None:
+    # One kick per outermost transaction and outbox is enough: the relay drains every pending row.
     connection = connections[alias]
     outermost = connection.atomic_blocks[0] if connection.atomic_blocks else None
-    if outermost is not None and getattr(outermost, "_a4co_relay_kick", False):
-        return
     if outermost is not None:
-        outermost._a4co_relay_kick = True
-    transaction.on_commit(relay_kick, using=alias)
+        kicked = outermost.__dict__.setdefault("_a4co_relay_kicks", set())
+        if label in kicked:
+            return
+        kicked.add(label)
+    transaction.on_commit(functools.partial(relay_kick, label), using=alias)
 
+
+# --- Waking the relay ---------------------------------------------------------------------------
+# Contract (Redis keys, all with a TTL so that a dead relay holds nothing for long):
+# - KICK_FLAG is set while a relay is running or about to: a kicked task on its way ("1") or a
+#   relay that owns the outboxes for a while (its token). A commit that sets it (NX) sends one
+#   Celery task; a commit that finds it set pushes its outbox's label onto WAKE_LIST instead.
+# - The owner drains, then lingers for RELAY_LINGER_SECONDS: it pops WAKE_LIST and drains the
+#   outboxes named there, refreshing the flag as it goes. So under load there is one Celery task
+#   per RELAY_LINGER_SECONDS instead of one per commit, and a commit is relayed without a task
+#   round trip.
+# - Nothing is missed: a commit that found the flag set committed before the owner's next
+#   refresh; the owner, before it stops, gives the flag up and then drains every outbox once
+#   more, which sees every commit that found the flag still held. Commits after that kick again.
+# - Beat's run (the safety net for a lost kick or a dead owner) becomes the owner when nobody
+#   is; otherwise it drains once and leaves.
 
 KICK_FLAG = "a4co:relay:kick-pending"
+WAKE_LIST = "a4co:relay:wake"
+_KICK_SCRIPT = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 0
+"""
+# Give the flag up only while it is still ours (a kicked task may have taken it over).
+_RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def _kick_flags():
@@ -87,33 +118,72 @@ def _kick_flags():
 _flags = None
 
 
-def relay_kick() -> None:
-    """Ask a Celery worker to drain the outboxes now. Never raises: beat is the safety net.
+def relay_kick(label: str = "") -> None:
+    """Ask for the outbox `label` (all when "") to be relayed now. Never raises: beat is the
+    safety net.
 
-    Kicks are coalesced: a kick only sends a task when none is pending (a Redis flag the relay
-    task clears before it reads the outboxes), so a burst of commits costs one relay run, and no
-    commit is missed (a commit that finds the flag set happened before the pending run's read).
+    Sends a Celery task only when no relay is running or pending (see the contract above);
+    otherwise wakes the running one.
     """
     from infra.tasks import outbox_relay
 
     try:
         flags = _kick_flags()
-        if flags is not None and not flags.set(KICK_FLAG, 1, nx=True, px=settings.RELAY_KICK_FLAG_TTL_MS):
+        if flags is not None and not flags.eval(_KICK_SCRIPT, 2, KICK_FLAG, WAKE_LIST,
+                                                settings.RELAY_KICK_FLAG_TTL_MS, label):
             return
-        outbox_relay.apply_async(retry=False)
+        outbox_relay.apply_async(kwargs={"kicked": True}, retry=False)
     except Exception:  # the broker being down must not fail a committed request
         log.warning("relay kick failed; beat will relay within %ss", settings.RELAY_BEAT_SECONDS,
                     exc_info=True)
 
 
-def relay_kick_taken() -> None:
-    """Called by the relay before it reads the outboxes: later commits must kick again."""
+def outbox_relay_run(*, kicked: bool) -> int:
+    """One relay task: drain the outboxes, then, as the owner, keep relaying what commits wake it
+    for during RELAY_LINGER_SECONDS. Returns the number of rows published.
+
+    `kicked`: sent by relay_kick (takes over the flag its kicker set); otherwise (beat) it owns
+    the relay only if nobody does, and else drains once. Without Redis it drains once.
+    """
+    from infra.relay import outbox_relay_drain
+
     flags = _kick_flags()
-    if flags is not None:
-        try:
-            flags.delete(KICK_FLAG)
-        except redis.RedisError:
-            log.warning("could not clear the relay kick flag; it expires by itself", exc_info=True)
+    linger = settings.RELAY_LINGER_SECONDS
+    token = uuid.uuid4().hex
+    ttl = settings.RELAY_KICK_FLAG_TTL_MS
+    try:
+        owner = flags is not None and linger > 0 and bool(
+            flags.set(KICK_FLAG, token, px=ttl) if kicked else flags.set(KICK_FLAG, token, px=ttl, nx=True))
+    except redis.RedisError:
+        log.warning("relay: Redis unavailable, draining once", exc_info=True)
+        owner = False
+    if not owner:
+        return outbox_relay_drain().published
+    published = 0
+    try:
+        flags.delete(WAKE_LIST)  # the first drain covers what they asked for
+        published += outbox_relay_drain().published
+        models = {model._meta.label: model for model in outbox_models()}
+        deadline = time.monotonic() + linger
+        while time.monotonic() < deadline:
+            previous = flags.set(KICK_FLAG, token, px=ttl, get=True)
+            if previous not in (token.encode(), None):
+                break  # a kicked task took over (our flag had expired): it relays from here
+            # Block for the first wake, then take every wake queued with it.
+            first = flags.blpop([WAKE_LIST], timeout=min(0.5, ttl / 4000))
+            if first is None:
+                continue
+            labels = {first[1].decode(), *(item.decode() for item in flags.lpop(WAKE_LIST, 1000) or ())}
+            wanted = list(models.values()) if "" in labels else [models[x] for x in labels if x in models]
+            published += outbox_relay_drain(models=wanted).published
+    except redis.RedisError:
+        log.warning("relay: Redis failed while lingering; stopping after a last drain", exc_info=True)
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            flags.eval(_RELEASE_SCRIPT, 1, KICK_FLAG, token)
+        # After giving the flag up: every commit that found it held is visible now.
+        published += outbox_relay_drain().published
+    return published
 
 
 def inbox_record(model, *, consumer: str, event_id: str, subject: str, aggregate_id: str,

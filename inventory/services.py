@@ -14,7 +14,7 @@ import logging
 from collections import Counter
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 
 from a4co import clock
 from a4co.errors import ApplicationError
@@ -49,12 +49,35 @@ def _locked_products(product_ids) -> dict[str, Product]:
             .order_by("product_id")}
 
 
-def _reservation_announce(reservation: Reservation) -> None:
+def _products_write(products: dict[str, Product], now: dt.datetime) -> None:
+    """Store the quantities of already locked `products` in one statement.
+
+    Hot path (every reserve, release and commit): one UPDATE ... FROM unnest instead of the ORM's
+    bulk_update, whose CASE WHEN expression building cost more CPU than the database work. The
+    check constraints still refuse a negative quantity (the transaction fails, nothing oversold).
+    """
+    if not products:
+        return
+    rows = list(products.values())
+    with connections[DB].cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Product._meta.db_table} AS p SET available_quantity = v.available,"
+            " reserved_quantity = v.reserved, sold_quantity = v.sold, updated_at = %s"
+            " FROM unnest(%s::text[], %s::int[], %s::int[], %s::int[]) AS v(id, available, reserved, sold)"
+            " WHERE p.product_id = v.id",
+            [now, [p.product_id for p in rows], [p.available_quantity for p in rows],
+             [p.reserved_quantity for p in rows], [p.sold_quantity for p in rows]])
+    for product in rows:
+        product.updated_at = now
+
+
+def _reservation_announce(reservation: Reservation, items: list[ReservationItem] | None = None) -> None:
     """(Re-)emit the event that describes the reservation's current state."""
     if reservation.status in (Reservation.Status.ACTIVE, Reservation.Status.COMMITTED):
         outbox_append(OutboxMessage, InventoryReserved(
             order_id=reservation.order_id, reservation_id=str(reservation.id),
-            items=tuple({"productId": i.product_id, "quantity": i.quantity} for i in reservation.items.all()),
+            items=tuple({"productId": i.product_id, "quantity": i.quantity}
+                        for i in (reservation.items.all() if items is None else items)),
             expires_at=reservation.expires_at), aggregate_id=reservation.order_id)
     else:
         outbox_append(OutboxMessage, InventoryReleased(
@@ -90,14 +113,13 @@ def stock_reserve(*, order_id: str, lines: list[ReserveLine], ttl_seconds: int |
         product = products[pid]
         product.available_quantity -= qty
         product.reserved_quantity += qty
-        product.updated_at = now
-    Product.objects.using(DB).bulk_update(products.values(), ["available_quantity", "reserved_quantity", "updated_at"])
+    _products_write(products, now)
     ttl = ttl_seconds or settings.RESERVATION_TTL_SECONDS
     reservation = Reservation.objects.using(DB).create(
         order_id=order_id, expires_at=now + dt.timedelta(seconds=ttl), created_at=now, updated_at=now)
-    ReservationItem.objects.using(DB).bulk_create(
+    items = ReservationItem.objects.using(DB).bulk_create(
         [ReservationItem(reservation=reservation, product_id=pid, quantity=qty) for pid, qty in requested.items()])
-    _reservation_announce(reservation)
+    _reservation_announce(reservation, items)
     return reservation
 
 
@@ -108,8 +130,7 @@ def _stock_return(reservation: Reservation, now: dt.datetime) -> None:
         product = products[item.product_id]
         product.reserved_quantity -= item.quantity
         product.available_quantity += item.quantity
-        product.updated_at = now
-    Product.objects.using(DB).bulk_update(products.values(), ["available_quantity", "reserved_quantity", "updated_at"])
+    _products_write(products, now)
 
 
 def stock_release(*, order_id: str, reason: str, answer: bool = True) -> Reservation | None:
@@ -172,9 +193,7 @@ def stock_commit(*, order_id: str) -> Reservation | None:
         else:
             product.available_quantity -= item.quantity
         product.sold_quantity += item.quantity
-        product.updated_at = now
-    Product.objects.using(DB).bulk_update(
-        products.values(), ["available_quantity", "reserved_quantity", "sold_quantity", "updated_at"])
+    _products_write(products, now)
     reservation.status = Reservation.Status.COMMITTED
     reservation.updated_at = now
     reservation.save(using=DB, update_fields=["status", "updated_at"])

@@ -55,9 +55,11 @@ class OrderOutputSerializer(serializers.Serializer):
 
     @extend_schema_field(OrderItemOutputSerializer(many=True))
     def get_items(self, order: Order) -> list[dict]:
+        # context["items"]: the lines of an order just placed, so the answer needs no re-read.
+        items = self.context.get("items")
         return [{"productId": item.product_id, "quantity": item.quantity,
                  "unitPrice": f"{item.unit_price:.2f}", "lineTotal": f"{item.line_total:.2f}"}
-                for item in order.items.all()]
+                for item in (order.items.all() if items is None else items)]
 
     def to_representation(self, instance):
         data = super().to_representation(instance)
@@ -169,11 +171,12 @@ class OrdersApi(APIView):
                    for i in data["items"]],
             currency=data["currency"], payment_method=data["paymentMethod"],
             reservation_ttl_seconds=data.get("reservationTtlSeconds"), idempotency_key=key)
-        order = order_get(order_id=str(result.order.id))
+        # A new order is answered from what was just written; a replay reads the stored one.
+        order = result.order if result.created else order_get(order_id=str(result.order.id))
         headers = {"Location": request.build_absolute_uri(f"/api/v1/orders/{order.id}")}
         if not result.created:
             headers["Idempotent-Replayed"] = "true"
-        return Response(OrderOutputSerializer(order).data,
+        return Response(OrderOutputSerializer(order, context={"items": result.items}).data,
                         status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
                         headers=headers)
 

@@ -45,6 +45,7 @@ class OrderLine:
 class PlaceResult:
     order: Order
     created: bool  # False when an Idempotency-Key replay returned an existing order
+    items: list[OrderItem] | None = None  # the lines just stored (created orders only)
 
 
 def _fingerprint(**request) -> str:
@@ -89,7 +90,7 @@ def order_place(*, owner_id: int, customer_id: str, lines: list[OrderLine], curr
             if existing is not None:
                 return PlaceResult(order=existing, created=False)
         raise
-    return PlaceResult(order=order, created=True)
+    return PlaceResult(order=order, created=True, items=items)
 
 
 def _order_for_key(owner_id: int, key: str, fingerprint: str) -> Order | None:

@@ -10,9 +10,10 @@ locks); the state that makes retries safe is committed around them:
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from a4co import clock
 from a4co.money import to_minor_units
@@ -29,11 +30,21 @@ SETTLED = (Payment.Status.FAILED, Payment.Status.CANCELED, Payment.Status.REFUND
 
 def payment_prepare(*, order_id: str, customer_id: str, amount: Decimal, currency: str,
                     payment_method: str) -> Payment:
-    """Get or create the order's payment row (committed). A repeated request keeps the first amount."""
-    with transaction.atomic(using=DB, durable=True):
-        payment, created = Payment.objects.using(DB).get_or_create(order_id=order_id, defaults={
-            "customer_id": customer_id, "amount": amount, "currency": currency.upper(),
-            "payment_method": payment_method})
+    """Get or create the order's payment row (committed). A repeated request keeps the first amount.
+
+    Hot path: the first request is one autocommitted INSERT; a repeat (redelivery) finds the
+    unique order id taken and reads the row that holds it.
+    """
+    # Inside a caller's transaction the INSERT needs a savepoint to survive the conflict.
+    guard = transaction.atomic(using=DB) if transaction.get_connection(DB).in_atomic_block else nullcontext()
+    try:
+        with guard:
+            payment = Payment.objects.using(DB).create(
+                order_id=order_id, customer_id=customer_id, amount=amount, currency=currency.upper(),
+                payment_method=payment_method)
+        created = True
+    except IntegrityError:
+        payment, created = Payment.objects.using(DB).get(order_id=order_id), False
     if not created and (payment.amount != amount or payment.currency != currency.upper()):
         log.error("payment request differs from the first one orderId=%s first=%s %s now=%s %s",
                   order_id, payment.amount, payment.currency, amount, currency)
@@ -41,12 +52,14 @@ def payment_prepare(*, order_id: str, customer_id: str, amount: Decimal, currenc
 
 
 def _payment_update(payment: Payment, *, only_if: tuple, **fields) -> Payment:
-    """Update the payment if its status is still one of `only_if`; returns its current state."""
+    """Update the payment if its status is still one of `only_if`; returns its current state.
+
+    One autocommitted UPDATE (atomic on its own); the row is read again only when it had moved on.
+    """
     fields["updated_at"] = clock.now()
-    with transaction.atomic(using=DB, durable=True):
-        updated = Payment.objects.using(DB).filter(id=payment.id, status__in=only_if).update(**fields)
-        if not updated:  # it moved on meanwhile: report where it is now
-            return Payment.objects.using(DB).get(id=payment.id)
+    updated = Payment.objects.using(DB).filter(id=payment.id, status__in=only_if).update(**fields)
+    if not updated:  # it moved on meanwhile: report where it is now
+        return Payment.objects.using(DB).get(id=payment.id)
     for name, value in fields.items():
         setattr(payment, name, value)
     return payment
@@ -61,6 +74,7 @@ def payment_charge(*, payment: Payment) -> Payment:
     if payment.status not in OPEN:
         return payment
     key = f"a4co-order-{payment.order_id}"
+    attempt_counted = False
     if not payment.stripe_payment_intent_id:
         try:
             intent = gateway.payment_intent_create(
@@ -70,15 +84,23 @@ def payment_charge(*, payment: Payment) -> Payment:
         except gateway.GatewayRejectedError as exc:
             return _payment_update(payment, only_if=OPEN, status=Payment.Status.FAILED,
                                    failure_reason=f"payment rejected by Stripe: {exc}"[:500])
-        with transaction.atomic(using=DB, durable=True):
-            # A concurrent delivery may have stored its intent first (that one wins), or the
-            # payment was cancelled meanwhile (the new intent stays unconfirmed: nothing charged).
-            Payment.objects.using(DB).filter(id=payment.id, status__in=OPEN, stripe_payment_intent_id="").update(
-                stripe_payment_intent_id=intent.id, updated_at=clock.now())
+        # The intent id and the first attempt are stored in one statement, committed before the
+        # confirm. A concurrent delivery may have stored its intent first (that one wins), or the
+        # payment was cancelled meanwhile (the new intent stays unconfirmed: nothing charged).
+        now = clock.now()
+        stored = Payment.objects.using(DB).filter(
+            id=payment.id, status__in=OPEN, stripe_payment_intent_id="").update(
+            stripe_payment_intent_id=intent.id, attempts=payment.attempts + 1, updated_at=now)
+        if stored:
+            payment.stripe_payment_intent_id, payment.updated_at = intent.id, now
+            payment.attempts += 1
+            attempt_counted = True
+        else:
             payment = Payment.objects.using(DB).get(id=payment.id)
-        if payment.status not in OPEN:
-            return payment
-    payment = _payment_update(payment, only_if=OPEN, attempts=payment.attempts + 1)
+            if payment.status not in OPEN:
+                return payment
+    if not attempt_counted:
+        payment = _payment_update(payment, only_if=OPEN, attempts=payment.attempts + 1)
     if payment.status not in OPEN:  # settled (cancelled) meanwhile: do not charge
         return payment
     try:

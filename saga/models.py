@@ -52,6 +52,11 @@ class SagaInstance(models.Model):
             compensations_pending=tuple(self.compensations_pending),
         )
 
+    # What apply_state writes, plus the bookkeeping saga_apply adds (save(update_fields=...)).
+    STATE_FIELDS = ("status", "current_step", "saga_deadline_at", "step_deadline_at", "deadline_at",
+                    "compensation_reason", "compensation_attempts", "compensations_pending",
+                    "updated_at", "finished_at")
+
     def apply_state(self, state: SagaState) -> None:
         self.status = state.status.value
         self.current_step = state.current_step

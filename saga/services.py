@@ -84,6 +84,11 @@ class SagaResult:
         return self.decision is not None and self.decision.applied
 
 
+# The order fields a saga step may change (saga_apply and _effect_emit).
+ORDER_SAGA_FIELDS = ("status", "cancellation_reason", "failure_reason", "reservation_id", "payment_id",
+                     "updated_at")
+
+
 def saga_apply(*, order_id: str, trigger: Trigger, reason: str = "", event_id: str = "",
                reservation_id: str = "", payment_id: str = "", detail: dict | None = None) -> SagaResult:
     """Apply `trigger` to the order's saga inside the caller's transaction on `orders`.
@@ -131,7 +136,7 @@ def saga_apply(*, order_id: str, trigger: Trigger, reason: str = "", event_id: s
     saga.updated_at = now
     if decision.state.status in TERMINAL and saga.finished_at is None:
         saga.finished_at = now
-    saga.save(using=DB)
+    saga.save(using=DB, update_fields=SagaInstance.STATE_FIELDS)
     steps, status_from = [], before.status
     for status_to in decision.path or (before.status,):
         steps.append(SagaStep(saga=saga, step=decision.step, trigger=trigger, outcome=decision.outcome,
@@ -142,7 +147,7 @@ def saga_apply(*, order_id: str, trigger: Trigger, reason: str = "", event_id: s
     for effect in decision.effects:
         _effect_emit(effect, order=order, decision=decision, now=now)
     order.updated_at = now
-    order.save(using=DB)
+    order.save(using=DB, update_fields=ORDER_SAGA_FIELDS)
     log.info("saga moved orderId=%s sagaId=%s trigger=%s %s -> %s effects=%s eventId=%s",
              order_id, saga.id, trigger, before.status, decision.state.status,
              ",".join(decision.effects) or "-", event_id)

@@ -21,9 +21,12 @@ def debian_tool(executable: str, *packages: str) -> str:
         pytest.fail(f"{executable} is missing and cannot be installed here: run "
                     f"`apt-get install -y {' '.join(packages)}` as root")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
-                   check=True, env=env, timeout=900)
+    # Another test run on the machine may be installing at the same moment: wait for its dpkg
+    # lock instead of failing on it.
+    wait = ["-o", "DPkg::Lock::Timeout=600"]
+    subprocess.run(["apt-get", *wait, "update", "-qq"], check=True, env=env, timeout=900)
+    subprocess.run(["apt-get", *wait, "install", "-y", "-qq", "--no-install-recommends", *packages],
+                   check=True, env=env, timeout=1500)
     found = shutil.which(executable)
     assert found, f"apt-get installed {' '.join(packages)} but {executable} is not on PATH"
     return found

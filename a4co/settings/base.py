@@ -100,11 +100,24 @@ TEMPLATES = [
 # moves that app to a database of its own (no code change: see a4co/routers.py).
 DATABASE_URL = env_str("DATABASE_URL", "postgres://postgres@127.0.0.1:15432/a4co")
 CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60)
+# Server-side parameter binding: psycopg then prepares a statement on a connection once it has
+# run it DB_PREPARE_THRESHOLD times, so PostgreSQL stops parsing and planning the hot path's
+# statements for every message. Turn off behind a transaction-pooling proxy that cannot keep
+# prepared statements (PgBouncer before 1.21).
+DB_SERVER_SIDE_BINDING = env_bool("DB_SERVER_SIDE_BINDING", True)
+DB_PREPARE_THRESHOLD = env_int("DB_PREPARE_THRESHOLD", 5)
+
+
+def database_options() -> dict:
+    """The psycopg OPTIONS every alias shares."""
+    if not DB_SERVER_SIDE_BINDING:
+        return {}
+    return {"server_side_binding": True, "prepare_threshold": DB_PREPARE_THRESHOLD}
 
 
 def _database(url: str) -> dict:
     config = dj_database_url.parse(url, conn_max_age=CONN_MAX_AGE, conn_health_checks=True)
-    config.setdefault("OPTIONS", {})
+    config.setdefault("OPTIONS", {}).update(database_options())
     return config
 
 
@@ -169,6 +182,9 @@ CONSUMER_THREADS = env_int("CONSUMER_THREADS", 8)
 CONSUMER_UNAVAILABLE_WAIT_SECONDS = env_int("CONSUMER_UNAVAILABLE_WAIT_SECONDS", 30)
 RELAY_BATCH_SIZE = env_int("RELAY_BATCH_SIZE", 500)
 RELAY_PUBLISH_TIMEOUT_SECONDS = env_int("RELAY_PUBLISH_TIMEOUT_SECONDS", 5)
+# Messages per JetStream atomic batch (nats-server 2.12+; its own limit is 1000 by default):
+# one fsync and one PubAck per batch. 0 publishes message by message.
+RELAY_ATOMIC_BATCH_MAX = env_int("RELAY_ATOMIC_BATCH_MAX", 1000)
 # The public message contracts (each app's messages.py), registered by subject.
 MESSAGE_MODULES = ["orders.messages", "inventory.messages", "payments.messages"]
 # The outboxes the relay drains, one per service database (see infra/models.py).
@@ -199,9 +215,16 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fixup closes every DB connection before and after each task unless this is set;
+# it then closes them only every 2 x N tasks. a4co/celery.py closes stale ones (CONN_MAX_AGE,
+# errors) before each task instead, as the web and consumer processes do.
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 100_000)
 RELAY_BEAT_SECONDS = float(env_str("RELAY_BEAT_SECONDS", "1"))
 # A pending kick older than this is assumed lost (its task died) and the next commit kicks again.
 RELAY_KICK_FLAG_TTL_MS = env_int("RELAY_KICK_FLAG_TTL_MS", 2000)
+# A relay task keeps relaying what commits wake it for during this long before it ends (0: it
+# drains once). Under load that is one Celery task per this many seconds instead of one per commit.
+RELAY_LINGER_SECONDS = float(env_str("RELAY_LINGER_SECONDS", "2"))
 SWEEP_BEAT_SECONDS = float(env_str("SWEEP_BEAT_SECONDS", "5"))
 CELERY_BEAT_SCHEDULE = {
     # Safety net: a lost on-commit kick delays a message by at most this much.

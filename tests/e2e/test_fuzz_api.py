@@ -15,12 +15,17 @@ import collections
 
 import pytest
 import schemathesis
+import schemathesis.specs.openapi.schemas  # noqa: F401  (see below)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 pytestmark = pytest.mark.e2e
+# schemathesis.specs.openapi.schemas is imported above, at collection, on purpose: schemathesis
+# imports it lazily when a schema is loaded, and pytest's assertion rewriting then parses it deep
+# inside a fixture, where CPython 3.11.7 can fail with "AST constructor recursion depth mismatch"
+# (python/cpython#106905, fixed in 3.11.8).
 EXAMPLES = 25
 MAY_ANSWER_503 = {"/readyz", "/api/v1/payments/stripe/webhook"}
 BOUNDED = settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
