@@ -42,6 +42,52 @@ def engine_config() -> EngineConfig:
     )
 
 
+def _row_loader(model) -> tuple[list[str], list[str], list[tuple[int, Callable]]]:
+    fields = model._meta.concrete_fields
+    return ([f.column for f in fields], [f.attname for f in fields],
+            [(i, f.from_db_value) for i, f in enumerate(fields) if hasattr(f, "from_db_value")])
+
+
+_saga_lock_query: tuple | None = None
+
+
+def _saga_with_order_locked(order_id: str) -> SagaInstance | None:
+    """The order's saga with its order, both rows locked (FOR UPDATE), in one statement; None if
+    the order has no saga.
+
+    Hot path (every saga event): the SQL is built once and the rows become model instances
+    through Model.from_db, with each field's from_db_value applied as the ORM would. The ORM's
+    select_related().select_for_update() spent more CPU building the query than PostgreSQL did
+    running it.
+    """
+    global _saga_lock_query
+    if _saga_lock_query is None:
+        saga_columns, saga_names, saga_converters = _row_loader(SagaInstance)
+        order_columns, order_names, order_converters = _row_loader(Order)
+        select = ", ".join([*(f"s.{c}" for c in saga_columns), *(f"o.{c}" for c in order_columns)])
+        sql = (f"SELECT {select} FROM {SagaInstance._meta.db_table} AS s"
+               f" JOIN {Order._meta.db_table} AS o ON o.id = s.order_id WHERE s.order_id = %s FOR UPDATE")
+        _saga_lock_query = (sql, saga_names, saga_converters, order_names, order_converters)
+    sql, saga_names, saga_converters, order_names, order_converters = _saga_lock_query
+    connection = transaction.get_connection(DB)
+    try:
+        order_uuid = uuid.UUID(str(order_id))
+    except ValueError:
+        return None  # not an order id: no such saga
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [order_uuid])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    saga_values, order_values = list(row[:len(saga_names)]), list(row[len(saga_names):])
+    for values, converters in ((saga_values, saga_converters), (order_values, order_converters)):
+        for index, convert in converters:
+            values[index] = convert(values[index], None, connection)
+    saga = SagaInstance.from_db(DB, saga_names, saga_values)
+    saga.order = Order.from_db(DB, order_names, order_values)
+    return saga
+
+
 def saga_start(*, order: Order, items: list | None = None) -> SagaInstance:
     """Create the order's saga and emit its first action (orders.created). Needs a transaction.
 
@@ -100,9 +146,7 @@ def saga_apply(*, order_id: str, trigger: Trigger, reason: str = "", event_id: s
     if not transaction.get_connection(DB).in_atomic_block:
         raise RuntimeError("saga_apply needs a transaction on the orders database")
     event_id = event_id or current_event_id()
-    # One statement locks the saga and its order together.
-    saga = SagaInstance.objects.using(DB).select_related("order").select_for_update().filter(
-        order_id=order_id).first()
+    saga = _saga_with_order_locked(order_id)
     if saga is None:
         log.warning("saga event for unknown order ignored orderId=%s trigger=%s eventId=%s",
                     order_id, trigger, event_id)
