@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import connections, transaction
 
 from a4co import clock
+from a4co.db import models_select
 from a4co.errors import ApplicationError
 from infra.outbox import outbox_append
 from inventory.messages import InventoryOutOfStock, InventoryReleased, InventoryReserved
@@ -44,9 +45,17 @@ def _requested(lines: list[ReserveLine]) -> dict[str, int]:
 
 
 def _locked_products(product_ids) -> dict[str, Product]:
-    return {p.product_id: p for p in
-            Product.objects.using(DB).select_for_update().filter(product_id__in=list(product_ids))
-            .order_by("product_id")}
+    return {p.product_id: p for p in models_select(
+        Product, DB, "product_id = ANY(%s)", [sorted(set(product_ids))], tail="ORDER BY product_id FOR UPDATE")}
+
+
+def _reservation_locked(order_id: str) -> Reservation | None:
+    found = models_select(Reservation, DB, "order_id = %s", [order_id], tail="FOR UPDATE")
+    return found[0] if found else None
+
+
+def _reservation_items(reservation: Reservation) -> list[ReservationItem]:
+    return models_select(ReservationItem, DB, "reservation_id = %s", [reservation.id], tail="ORDER BY id")
 
 
 def _products_write(products: dict[str, Product], now: dt.datetime) -> None:
@@ -77,7 +86,7 @@ def _reservation_announce(reservation: Reservation, items: list[ReservationItem]
         outbox_append(OutboxMessage, InventoryReserved(
             order_id=reservation.order_id, reservation_id=str(reservation.id),
             items=tuple({"productId": i.product_id, "quantity": i.quantity}
-                        for i in (reservation.items.all() if items is None else items)),
+                        for i in (_reservation_items(reservation) if items is None else items)),
             expires_at=reservation.expires_at), aggregate_id=reservation.order_id)
     else:
         outbox_append(OutboxMessage, InventoryReleased(
@@ -92,7 +101,7 @@ def stock_reserve(*, order_id: str, lines: list[ReserveLine], ttl_seconds: int |
     request arrived), nothing is taken again and the existing outcome is announced again.
     Unknown products count as out of stock (available 0).
     """
-    existing = Reservation.objects.using(DB).select_for_update().filter(order_id=order_id).first()
+    existing = _reservation_locked(order_id)
     if existing is not None:
         _reservation_announce(existing)
         return existing
@@ -124,7 +133,7 @@ def stock_reserve(*, order_id: str, lines: list[ReserveLine], ttl_seconds: int |
 
 
 def _stock_return(reservation: Reservation, now: dt.datetime) -> None:
-    items = list(reservation.items.all())
+    items = _reservation_items(reservation)
     products = _locked_products(i.product_id for i in items)
     for item in items:
         product = products[item.product_id]
@@ -142,7 +151,7 @@ def stock_release(*, order_id: str, reason: str, answer: bool = True) -> Reserva
     confirmed) is never released: that is logged and nothing is emitted.
     """
     now = clock.now()
-    reservation = Reservation.objects.using(DB).select_for_update().filter(order_id=order_id).first()
+    reservation = _reservation_locked(order_id)
     changed = reservation is None or reservation.status == Reservation.Status.ACTIVE
     if reservation is None:
         reservation = Reservation.objects.using(DB).create(
@@ -172,12 +181,12 @@ def stock_commit(*, order_id: str) -> Reservation | None:
     ops (the order was confirmed with money taken).
     """
     now = clock.now()
-    reservation = Reservation.objects.using(DB).select_for_update().filter(order_id=order_id).first()
+    reservation = _reservation_locked(order_id)
     if reservation is None or reservation.status == Reservation.Status.COMMITTED:
         if reservation is None:
             log.error("commit for an order with no reservation orderId=%s", order_id)
         return reservation
-    items = list(reservation.items.all())
+    items = _reservation_items(reservation)
     products = _locked_products(i.product_id for i in items)
     was_active = reservation.status == Reservation.Status.ACTIVE
     if not was_active:

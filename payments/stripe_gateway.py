@@ -16,6 +16,7 @@ import hmac
 import json
 import threading
 
+import requests
 import stripe
 from django.conf import settings
 
@@ -53,11 +54,18 @@ def _client() -> stripe.StripeClient:
     config = (settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.STRIPE_TIMEOUT_SECONDS)
     cached = getattr(_local, "client", None)
     if cached is None or cached[0] != config:
+        # requests re-reads the proxy variables of the environment on every request when its
+        # session trusts the environment: a measurable share of each payment's CPU. They are
+        # read once here instead (HTTPS_PROXY / NO_PROXY still apply).
+        session = requests.Session()
+        session.trust_env = False
+        proxies = requests.utils.get_environ_proxies(settings.STRIPE_API_BASE)
         client = stripe.StripeClient(
             settings.STRIPE_SECRET_KEY,
             base_addresses={"api": settings.STRIPE_API_BASE},
             max_network_retries=0,
-            http_client=stripe.RequestsClient(timeout=settings.STRIPE_TIMEOUT_SECONDS),
+            http_client=stripe.RequestsClient(timeout=settings.STRIPE_TIMEOUT_SECONDS, session=session,
+                                              proxy=proxies or None),
         )
         cached = _local.client = (config, client)
     return cached[1]
@@ -68,6 +76,22 @@ def _as_dict(value) -> dict:
     if value is None:
         return {}
     return value.to_dict() if hasattr(value, "to_dict") else dict(value)
+
+
+def _state_of(intent: dict) -> IntentState:
+    """IntentState from a PaymentIntent as JSON (the hot path's raw requests)."""
+    error = intent.get("last_payment_error") or {}
+    return IntentState(id=intent["id"], status=intent["status"], amount_minor=int(intent["amount"]),
+                       currency=str(intent["currency"]).upper(),
+                       decline_code=str(error.get("decline_code") or error.get("code") or ""),
+                       decline_message=str(error.get("message") or ""))
+
+
+def _intent_post(path: str, *, idempotency_key: str, **params) -> IntentState:
+    # Hot path (create and confirm, every payment): a raw request, same errors as the typed
+    # API, but the answer is read as JSON instead of being built into StripeObjects (a third of
+    # the Stripe library's CPU per call).
+    return _state_of(_call(_client().raw_request, "post", path, idempotency_key=idempotency_key, **params).data)
 
 
 def _state(intent) -> IntentState:
@@ -95,16 +119,11 @@ def payment_intent_create(*, amount_minor: int, currency: str, payment_method: s
 
     An unknown payment method raises GatewayRejectedError (a permanent failure)."""
     try:
-        intent = _call(_client().v1.payment_intents.create, params={
-            "amount": amount_minor,
-            "currency": currency.lower(),
-            "payment_method_types": ["card"],
-            "payment_method": payment_method,
-            "metadata": {"order_id": order_id, "customer_id": customer_id},
-        }, options={"idempotency_key": idempotency_key})
+        return _intent_post("/v1/payment_intents", idempotency_key=idempotency_key, amount=amount_minor,
+                            currency=currency.lower(), payment_method_types=["card"], payment_method=payment_method,
+                            metadata={"order_id": order_id, "customer_id": customer_id})
     except stripe.InvalidRequestError as exc:
         raise GatewayRejectedError(f"stripe refused the PaymentIntent: {exc.user_message or exc}") from exc
-    return _state(intent)
 
 
 def payment_intent_confirm(*, intent_id: str, idempotency_key: str) -> IntentState:
@@ -115,8 +134,7 @@ def payment_intent_confirm(*, intent_id: str, idempotency_key: str) -> IntentSta
     current state instead of failing.
     """
     try:
-        intent = _call(_client().v1.payment_intents.confirm, intent_id,
-                       options={"idempotency_key": idempotency_key})
+        return _intent_post(f"/v1/payment_intents/{intent_id}/confirm", idempotency_key=idempotency_key)
     except stripe.CardError as exc:
         error = exc.error
         return IntentState(id=intent_id, status="declined", amount_minor=0, currency="",
@@ -127,7 +145,6 @@ def payment_intent_confirm(*, intent_id: str, idempotency_key: str) -> IntentSta
         if current.status in ("succeeded", "processing", "requires_action", "requires_capture", "canceled"):
             return current
         raise GatewayRejectedError(f"stripe refused the confirmation: {exc.user_message or exc}") from exc
-    return _state(intent)
 
 
 def payment_intent_retrieve(*, intent_id: str) -> IntentState:
