@@ -60,3 +60,54 @@ def models_select(model, using: str, where: str, params: list, *, tail: str = ""
                        f" WHERE {where} {tail}", params)
         rows = cursor.fetchall()
     return [model_from_row(model, using, row) for row in rows]
+
+
+def sql_update(obj, fields, using: str) -> tuple[str, list]:
+    """`UPDATE <table> SET <fields> WHERE pk = obj.pk` with values prepared as Model.save would."""
+    meta = obj._meta
+    return sql_update_values(type(obj), obj.pk, {name: getattr(obj, meta.get_field(name).attname) for name in fields},
+                             using)
+
+
+def sql_update_values(model, pk, values: dict, using: str, *, where: str = "", where_params=()) -> tuple[str, list]:
+    """`UPDATE <table> SET <values> WHERE pk = <pk> [AND <where>]`, values prepared as the ORM would."""
+    connection = connections[using]
+    quote, meta = connection.ops.quote_name, model._meta
+    sets, params = [], []
+    for name, value in values.items():
+        field = meta.get_field(name)
+        sets.append(f"{quote(field.column)} = %s")
+        params.append(field.get_db_prep_save(value, connection))
+    params.append(meta.pk.get_db_prep_save(pk, connection))
+    params.extend(where_params)
+    return (f"UPDATE {quote(meta.db_table)} SET {', '.join(sets)} WHERE {quote(meta.pk.column)} = %s"
+            + (f" AND {where}" if where else "")), params
+
+
+def sql_execute(using: str, statement: tuple[str, list]) -> int:
+    """Run one statement; returns its row count."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(*statement)
+        return cursor.rowcount
+
+
+def sql_insert(objs, using: str) -> tuple[str, list]:
+    """A multi-row INSERT of `objs` (one model; an auto-increment key is left to the database)."""
+    connection = connections[using]
+    quote, meta = connection.ops.quote_name, objs[0]._meta
+    fields = [f for f in meta.concrete_fields if not (f.primary_key and f.db_returning)]
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params = [f.get_db_prep_save(f.pre_save(obj, True), connection) for obj in objs for f in fields]
+    return (f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)})"
+            f" VALUES {', '.join([row] * len(objs))}", params)
+
+
+def statements_run_together(using: str, statements: list[tuple[str, list]]) -> None:
+    """Run data-modifying statements in one round trip: all but the last become WITH clauses
+    (PostgreSQL runs each exactly once, to completion). Same transaction semantics as running
+    them one by one inside the caller's transaction."""
+    *first, (last_sql, last_params) = statements
+    sql = (("WITH " + ", ".join(f"w{i} AS ({s})" for i, (s, _) in enumerate(first)) + " ") if first else "") + last_sql
+    params = [p for _, ps in first for p in ps] + list(last_params)
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)

@@ -16,6 +16,7 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 
 from a4co import clock
+from a4co.db import sql_execute, sql_insert, sql_update_values
 from a4co.money import to_minor_units
 from infra.outbox import outbox_append
 from payments import stripe_gateway as gateway
@@ -39,9 +40,10 @@ def payment_prepare(*, order_id: str, customer_id: str, amount: Decimal, currenc
     guard = transaction.atomic(using=DB) if transaction.get_connection(DB).in_atomic_block else nullcontext()
     try:
         with guard:
-            payment = Payment.objects.using(DB).create(
-                order_id=order_id, customer_id=customer_id, amount=amount, currency=currency.upper(),
-                payment_method=payment_method)
+            payment = Payment(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency.upper(),
+                              payment_method=payment_method)
+            sql_execute(DB, sql_insert([payment], DB))
+            payment._state.adding, payment._state.db = False, DB
         created = True
     except IntegrityError:
         payment, created = Payment.objects.using(DB).get(order_id=order_id), False
@@ -57,7 +59,8 @@ def _payment_update(payment: Payment, *, only_if: tuple, **fields) -> Payment:
     One autocommitted UPDATE (atomic on its own); the row is read again only when it had moved on.
     """
     fields["updated_at"] = clock.now()
-    updated = Payment.objects.using(DB).filter(id=payment.id, status__in=only_if).update(**fields)
+    updated = sql_execute(DB, sql_update_values(Payment, payment.id, fields, DB, where="status = ANY(%s)",
+                                                where_params=[[str(s) for s in only_if]]))
     if not updated:  # it moved on meanwhile: report where it is now
         return Payment.objects.using(DB).get(id=payment.id)
     for name, value in fields.items():
@@ -88,9 +91,10 @@ def payment_charge(*, payment: Payment) -> Payment:
         # confirm. A concurrent delivery may have stored its intent first (that one wins), or the
         # payment was cancelled meanwhile (the new intent stays unconfirmed: nothing charged).
         now = clock.now()
-        stored = Payment.objects.using(DB).filter(
-            id=payment.id, status__in=OPEN, stripe_payment_intent_id="").update(
-            stripe_payment_intent_id=intent.id, attempts=payment.attempts + 1, updated_at=now)
+        stored = sql_execute(DB, sql_update_values(
+            Payment, payment.id, {"stripe_payment_intent_id": intent.id, "attempts": payment.attempts + 1,
+                                  "updated_at": now},
+            DB, where="status = ANY(%s) AND stripe_payment_intent_id = ''", where_params=[[str(s) for s in OPEN]]))
         if stored:
             payment.stripe_payment_intent_id, payment.updated_at = intent.id, now
             payment.attempts += 1
