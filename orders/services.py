@@ -74,15 +74,14 @@ def order_place(*, owner_id: int, customer_id: str, lines: list[OrderLine], curr
     now = clock.now()
     try:
         with transaction.atomic(using=DB, durable=True):
-            order = Order.objects.using(DB).create(
-                owner_id=owner_id, customer_id=customer_id, currency=currency, total_amount=total,
-                payment_method=payment_method, reservation_ttl_seconds=ttl,
-                idempotency_key=idempotency_key or None, request_fingerprint=fingerprint,
-                created_at=now, updated_at=now)
-            items = OrderItem.objects.using(DB).bulk_create([
-                OrderItem(order=order, product_id=line.product_id, quantity=line.quantity,
-                          unit_price=line.unit_price) for line in lines])
-            saga_start(order=order, items=items)
+            order = Order(owner_id=owner_id, customer_id=customer_id, currency=currency, total_amount=total,
+                          payment_method=payment_method, reservation_ttl_seconds=ttl,
+                          idempotency_key=idempotency_key or None, request_fingerprint=fingerprint,
+                          created_at=now, updated_at=now)
+            items = [OrderItem(order=order, product_id=line.product_id, quantity=line.quantity,
+                               unit_price=line.unit_price) for line in lines]
+            # The order, its lines, the saga and its first step in one round trip.
+            saga_start(order=order, items=items, order_unsaved=True)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the race.
         if idempotency_key:

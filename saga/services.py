@@ -89,21 +89,27 @@ def _saga_with_order_locked(order_id: str) -> SagaInstance | None:
     return saga
 
 
-def saga_start(*, order: Order, items: list | None = None) -> SagaInstance:
+def saga_start(*, order: Order, items: list | None = None, order_unsaved: bool = False) -> SagaInstance:
     """Create the order's saga and emit its first action (orders.created). Needs a transaction.
 
     `items`: the order's OrderItem rows when the caller has them (saves a query).
+    `order_unsaved`: the order and its items are new instances not written yet; they are written
+    together with the saga and its first step, in one round trip (the POST /orders hot path).
+    Raises IntegrityError (transaction unusable) if the order conflicts with a stored one.
     """
     items = list(order.items.all()) if items is None else items
     now = clock.now()
     state = saga_initial_state(now=now, config=engine_config())
     saga = SagaInstance(order=order, started_at=now, updated_at=now)
     saga.apply_state(state)
-    saga.save(using=DB)
-    SagaStep.objects.using(DB).create(
-        saga=saga, step="reserve_inventory", trigger="start", outcome="requested",
-        status_to=state.status, created_at=now,
-        detail={"items": [{"productId": i.product_id, "quantity": i.quantity} for i in items]})
+    step = SagaStep(saga=saga, step="reserve_inventory", trigger="start", outcome="requested",
+                    status_to=state.status, created_at=now,
+                    detail={"items": [{"productId": i.product_id, "quantity": i.quantity} for i in items]})
+    written = [order, *items, saga] if order_unsaved else [saga]
+    statements = [sql_insert([order], DB), sql_insert(items, DB)] if order_unsaved else []
+    statements_run_together(DB, [*statements, sql_insert([saga], DB), sql_insert([step], DB)])
+    for instance in written:
+        instance._state.adding, instance._state.db = False, DB
     _order_created_send(order, items)
     return saga
 
