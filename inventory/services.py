@@ -14,10 +14,10 @@ import logging
 from collections import Counter
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import transaction
 
 from a4co import clock
-from a4co.db import models_select
+from a4co.db import models_select, sql_insert, sql_update, statements_run_together
 from a4co.errors import ApplicationError
 from infra.outbox import outbox_append
 from inventory.messages import InventoryOutOfStock, InventoryReleased, InventoryReserved
@@ -58,26 +58,27 @@ def _reservation_items(reservation: Reservation) -> list[ReservationItem]:
     return models_select(ReservationItem, DB, "reservation_id = %s", [reservation.id], tail="ORDER BY id")
 
 
-def _products_write(products: dict[str, Product], now: dt.datetime) -> None:
-    """Store the quantities of already locked `products` in one statement.
+def _products_sql(products: dict[str, Product], now: dt.datetime) -> tuple[str, list]:
+    """The statement that stores the quantities of already locked `products` (all in one).
 
     Hot path (every reserve, release and commit): one UPDATE ... FROM unnest instead of the ORM's
     bulk_update, whose CASE WHEN expression building cost more CPU than the database work. The
     check constraints still refuse a negative quantity (the transaction fails, nothing oversold).
     """
-    if not products:
-        return
     rows = list(products.values())
-    with connections[DB].cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {Product._meta.db_table} AS p SET available_quantity = v.available,"
+    for product in rows:
+        product.updated_at = now
+    return (f"UPDATE {Product._meta.db_table} AS p SET available_quantity = v.available,"
             " reserved_quantity = v.reserved, sold_quantity = v.sold, updated_at = %s"
             " FROM unnest(%s::text[], %s::int[], %s::int[], %s::int[]) AS v(id, available, reserved, sold)"
             " WHERE p.product_id = v.id",
             [now, [p.product_id for p in rows], [p.available_quantity for p in rows],
              [p.reserved_quantity for p in rows], [p.sold_quantity for p in rows]])
-    for product in rows:
-        product.updated_at = now
+
+
+def _saved(*instances) -> None:
+    for instance in instances:
+        instance._state.adding, instance._state.db = False, DB
 
 
 def _reservation_announce(reservation: Reservation, items: list[ReservationItem] | None = None) -> None:
@@ -122,24 +123,28 @@ def stock_reserve(*, order_id: str, lines: list[ReserveLine], ttl_seconds: int |
         product = products[pid]
         product.available_quantity -= qty
         product.reserved_quantity += qty
-    _products_write(products, now)
     ttl = ttl_seconds or settings.RESERVATION_TTL_SECONDS
-    reservation = Reservation.objects.using(DB).create(
-        order_id=order_id, expires_at=now + dt.timedelta(seconds=ttl), created_at=now, updated_at=now)
-    items = ReservationItem.objects.using(DB).bulk_create(
-        [ReservationItem(reservation=reservation, product_id=pid, quantity=qty) for pid, qty in requested.items()])
+    reservation = Reservation(order_id=order_id, expires_at=now + dt.timedelta(seconds=ttl), created_at=now,
+                              updated_at=now)
+    items = [ReservationItem(reservation=reservation, product_id=pid, quantity=qty) for pid, qty in requested.items()]
+    # Stock, reservation and its lines in one round trip.
+    statements_run_together(DB, [_products_sql(products, now), sql_insert([reservation], DB), sql_insert(items, DB)])
+    _saved(reservation, *items)
     _reservation_announce(reservation, items)
     return reservation
 
 
-def _stock_return(reservation: Reservation, now: dt.datetime) -> None:
+def _stock_return(reservation: Reservation, now: dt.datetime, *, status: str, reason: str) -> None:
+    """Give the reservation's stock back and mark it `status` (one round trip for the writes)."""
     items = _reservation_items(reservation)
     products = _locked_products(i.product_id for i in items)
     for item in items:
         product = products[item.product_id]
         product.reserved_quantity -= item.quantity
         product.available_quantity += item.quantity
-    _products_write(products, now)
+    reservation.status, reservation.release_reason, reservation.updated_at = status, reason[:500], now
+    update = sql_update(reservation, ["status", "release_reason", "updated_at"], DB)
+    statements_run_together(DB, [_products_sql(products, now), update] if products else [update])
 
 
 def stock_release(*, order_id: str, reason: str, answer: bool = True) -> Reservation | None:
@@ -159,11 +164,7 @@ def stock_release(*, order_id: str, reason: str, answer: bool = True) -> Reserva
             release_reason=f"released before any stock was reserved: {reason}"[:500],
             created_at=now, updated_at=now)
     elif reservation.status == Reservation.Status.ACTIVE:
-        _stock_return(reservation, now)
-        reservation.status = Reservation.Status.RELEASED
-        reservation.release_reason = reason[:500]
-        reservation.updated_at = now
-        reservation.save(using=DB, update_fields=["status", "release_reason", "updated_at"])
+        _stock_return(reservation, now, status=Reservation.Status.RELEASED, reason=reason)
     elif reservation.status == Reservation.Status.COMMITTED:
         log.error("release refused: reservation already committed orderId=%s reservationId=%s",
                   order_id, reservation.id)
@@ -202,10 +203,9 @@ def stock_commit(*, order_id: str) -> Reservation | None:
         else:
             product.available_quantity -= item.quantity
         product.sold_quantity += item.quantity
-    _products_write(products, now)
     reservation.status = Reservation.Status.COMMITTED
     reservation.updated_at = now
-    reservation.save(using=DB, update_fields=["status", "updated_at"])
+    statements_run_together(DB, [_products_sql(products, now), sql_update(reservation, ["status", "updated_at"], DB)])
     return reservation
 
 
@@ -218,11 +218,7 @@ def reservations_expire_sweep(*, limit: int = 200) -> int:
                    .filter(status=Reservation.Status.ACTIVE, expires_at__lte=now)
                    .order_by("expires_at")[:limit])
         for reservation in due:
-            _stock_return(reservation, now)
-            reservation.status = Reservation.Status.EXPIRED
-            reservation.release_reason = "reservation expired"
-            reservation.updated_at = now
-            reservation.save(using=DB, update_fields=["status", "release_reason", "updated_at"])
+            _stock_return(reservation, now, status=Reservation.Status.EXPIRED, reason="reservation expired")
             _reservation_announce(reservation)
             log.info("reservation expired orderId=%s reservationId=%s", reservation.order_id, reservation.id)
             expired += 1
