@@ -247,7 +247,9 @@ class NatsBridge:
         results: list[PublishResult | None] = [None] * len(items)
         sends = []
         for stream, indexes in groups.items():
-            if stream is None or self._atomic_off_for(stream):
+            # A lone message gains nothing from a batch (one fsync either way) and costs the
+            # server more: plain publish.
+            if stream is None or len(indexes) == 1 or self._atomic_off_for(stream):
                 sends.append(self._publish_each(nc, items, indexes, results, deadline))
             else:
                 sends.append(self._publish_atomic(nc, stream, items, indexes, results, deadline))
@@ -652,9 +654,9 @@ class PullConsumer:
         """Up to `batch` deliveries, waiting at most `timeout` s for the first; [] when none arrived.
 
         Returns as soon as something is there: what is ready at once, or else the first message
-        to arrive plus whatever arrived with it. (nats-py's fetch(batch=n), once a lingering pull
-        has produced one message, waits for n or the whole timeout: a lone message sat there for
-        up to a second.)
+        to arrive (what came with it is picked up by the next call, at once). nats-py's
+        fetch(batch=n), once a lingering pull has produced one message, waits for n or the whole
+        timeout: a lone message sat there for up to a second.
         """
         msgs = await self._ready_now(batch)
         if not msgs:
@@ -662,8 +664,6 @@ class PullConsumer:
                 msgs = await self._sub.fetch(batch=1, timeout=timeout)
             except (TimeoutError, nats.errors.TimeoutError):
                 return []
-            if batch > 1:
-                msgs += await self._ready_now(batch - 1)
         deliveries = []
         for msg in msgs:
             meta = msg.metadata
