@@ -1,0 +1,26 @@
+"""`manage.py loadtest` against the running system: closed and open loop, every saga ends as its
+kind expects, stock adds up, figures reported (issue "Throughput and latency")."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize("mode", [["--concurrency", "8"], ["--rate", "15", "--concurrency", "16"]],
+                         ids=["closed-loop", "open-loop"])
+def test_loadtest_drives_the_api_and_every_saga_ends_right(system, tmp_path, mode):
+    report_path = tmp_path / "report.json"
+    system.manage("loadtest", "--orders", "40", *mode, "--url", system.base_url, "--timeout", "90",
+                  "--state", str(tmp_path / "no-devstack-state.json"), "--json", str(report_path))
+    report = json.loads(report_path.read_text())
+    assert report["orders"] == 40 and report["wrong"] == [] and report["errors"] == {}
+    assert report["stock_problems"] == []
+    assert sum(report["outcomes"].values()) == 40
+    assert set(report["outcomes"]) <= {"ok->CONFIRMED", "decline->CANCELLED", "oos->FAILED"}
+    assert report["outcomes"].get("ok->CONFIRMED", 0) > 0
+    latency = report["latency_ms"]
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+    assert report["sagas_per_second"] > 0 and "loadtest" in report["cpu_seconds"]
