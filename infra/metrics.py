@@ -61,6 +61,11 @@ RELAY_PUBLISHED = Counter(
 RELAY_PUBLISH_FAILED = Counter(
     "a4co_relay_publish_failed_total", "Outbox rows whose publish failed; they stay pending and are retried.",
     ["outbox"])
+RELAY_ATOMIC_FALLBACKS = Counter(
+    "a4co_relay_atomic_fallbacks_total",
+    "Atomic batches the relay re-sent message by message, by reason: duplicate (a row was in the stream "
+    "already), atomic_disabled (stream without allow_atomic), refused, plain_puback.",
+    ["stream", "reason"])
 RELAY_PUBLISH_LATENCY = Histogram(
     "a4co_relay_publish_latency_seconds",
     "Time from an event being written to its outbox to the relay marking it published.",
@@ -106,6 +111,11 @@ def relay_batch_observe(model, *, published_created_epochs: Sequence[float], fai
             histogram.observe(seconds)
 
     transaction.on_commit(count, using=router.db_for_write(model))
+
+
+def relay_atomic_fallback(stream: str, reason: str) -> None:
+    """Relay hook (infra.nats): an atomic batch to `stream` goes out message by message instead."""
+    RELAY_ATOMIC_FALLBACKS.labels(stream, reason).inc()
 
 
 def consumer_delivery_settled(route, delivery, outcome) -> None:

@@ -359,19 +359,27 @@ class NatsBridge:
         if error is None:
             # An ordinary PubAck: a server that ignores the batch headers (older stream leader?).
             # Each message may or may not be stored; publishing them again deduplicates.
+            reason = "plain_puback"
             self._atomic_off[stream] = time.monotonic()
             log.warning("relay: %s answered an atomic batch with a plain PubAck %r; publishing to it "
                         "message by message", stream, reply[:200])
         elif error.get("err_code") == ERR_ATOMIC_PUBLISH_DISABLED:
+            reason = "atomic_disabled"
             self._atomic_off[stream] = time.monotonic()
             log.warning("relay: stream %s does not allow atomic batches (run setup_streams); publishing "
                         "to it message by message for %.0fs", stream, ATOMIC_RETRY_AFTER_SECONDS)
         elif error.get("err_code") != ERR_ATOMIC_BATCH_DUPLICATE_MSG_ID:
             # Refused whole (too large for the server's limits, too many batches in flight, ...).
+            reason = "refused"
             log.warning("relay: atomic batch of %d to %s refused (%s); sending it message by message",
                         len(chunk), stream, error.get("description", error))
-        # else: a message is in the stream already (the relay died after publishing, before
-        # marking). Nothing of the batch was stored; one publish each acks it as a duplicate.
+        else:
+            # A message is in the stream already (the relay died after publishing, before
+            # marking). Nothing of the batch was stored; one publish each acks it as a duplicate.
+            reason = "duplicate"
+        from infra import metrics  # not at import: infra.metrics imports this module
+
+        metrics.relay_atomic_fallback(stream, reason)
         await self._publish_each(nc, items, chunk, results, deadline)
         return next((results[index].error for index in chunk if not results[index].ok), "")
 

@@ -14,6 +14,7 @@ from datetime import timedelta
 import nats
 import pytest
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from devstack.servers import free_port
 from infra import nats as nats_bus
@@ -103,10 +104,14 @@ def test_a_stream_without_allow_atomic_is_published_to_message_by_message(jetstr
     nats_bus.jetstream_delete_streams_destroying_data(["ORDERS"])
     nats_bus.jetstream_ensure([nats_bus.StreamSpec("ORDERS", ("orders.*",), atomic=False)], [])
     assert not stream_allows_atomic("ORDERS")
+    fallbacks = REGISTRY.get_sample_value("a4co_relay_atomic_fallbacks_total",
+                                          {"stream": "ORDERS", "reason": "atomic_disabled"}) or 0
     rows = outbox_rows(["orders.created"] * 4)
     assert outbox_relay_drain().published == 4
     stored = assert_stored_in_order("ORDERS", rows)
     assert not any("Nats-Batch-Id" in m.headers for m in stored)
+    assert REGISTRY.get_sample_value("a4co_relay_atomic_fallbacks_total",
+                                     {"stream": "ORDERS", "reason": "atomic_disabled"}) == fallbacks + 1
 
     # setup_streams turns allow_atomic on for the existing stream; a relay process that found it
     # off keeps publishing message by message for a while, a new one uses atomic batches.
