@@ -102,29 +102,18 @@ class TokenAuthentication(authentication.TokenAuthentication):
 
     def authenticate_credentials(self, key):
         from django.contrib.auth import get_user_model
-        from django.db import connections, router
+        from django.db import router
         from rest_framework.authtoken.models import Token
 
-        from a4co.db import model_from_row, model_loader
+        from a4co.db import model_pair_select
 
         user_model = get_user_model()
-        using = router.db_for_read(Token)
-        token_columns, token_names, _ = model_loader(Token)
-        user_columns, user_names, _ = model_loader(user_model)
-        connection = connections[using]
-        quote = connection.ops.quote_name
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT {', '.join(f't.{c.strip()}' for c in token_columns.split(','))},"
-                f" {', '.join(f'u.{c.strip()}' for c in user_columns.split(','))}"
-                f" FROM {quote(Token._meta.db_table)} AS t JOIN {quote(user_model._meta.db_table)} AS u"
-                f" ON u.{quote(user_model._meta.pk.column)} = t.{quote(Token._meta.get_field('user').column)}"
-                " WHERE t.key = %s", [key])
-            row = cursor.fetchone()
-        if row is None:
+        pair = model_pair_select(Token, user_model, router.db_for_read(Token),
+                                 on=f"s.{user_model._meta.pk.column} = f.{Token._meta.get_field('user').column}",
+                                 where="f.key = %s", params=[key])
+        if pair is None:
             raise exceptions.AuthenticationFailed("Invalid token.")
-        token = model_from_row(Token, using, row[:len(token_names)])
-        token.user = model_from_row(user_model, using, row[len(token_names):])
+        token, token.user = pair
         if not token.user.is_active:
             raise exceptions.AuthenticationFailed("User inactive or deleted.")
         return token.user, token

@@ -22,17 +22,17 @@ def connections_close_stale() -> None:
             connection.close_if_unusable_or_obsolete()
 
 
-_loaders: dict[type, tuple[str, list[str], list]] = {}
+_loaders: dict[type, tuple[tuple[str, ...], list[str], list]] = {}
 
 
-def model_loader(model) -> tuple[str, list[str], list]:
-    """(column list for a SELECT, attribute names, [(index, from_db_value)]) of `model`'s concrete
-    fields, computed once per model."""
+def model_loader(model) -> tuple[tuple[str, ...], list[str], list]:
+    """(quoted column names for a SELECT, attribute names, [(index, from_db_value)]) of `model`'s
+    concrete fields, computed once per model."""
     loader = _loaders.get(model)
     if loader is None:
         fields = model._meta.concrete_fields
         loader = _loaders[model] = (
-            ", ".join(connections["default"].ops.quote_name(f.column) for f in fields),
+            tuple(connections["default"].ops.quote_name(f.column) for f in fields),
             [f.attname for f in fields],
             [(i, f.from_db_value) for i, f in enumerate(fields) if hasattr(f, "from_db_value")])
     return loader
@@ -56,10 +56,35 @@ def models_select(model, using: str, where: str, params: list, *, tail: str = ""
     columns, _names, _converters = model_loader(model)
     connection = connections[using]
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {columns} FROM {connection.ops.quote_name(model._meta.db_table)}"
+        cursor.execute(f"SELECT {', '.join(columns)} FROM {connection.ops.quote_name(model._meta.db_table)}"
                        f" WHERE {where} {tail}", params)
         rows = cursor.fetchall()
     return [model_from_row(model, using, row) for row in rows]
+
+
+_pair_queries: dict[tuple, str] = {}
+
+
+def model_pair_select(first, second, using: str, *, on: str, where: str, params: list, tail: str = ""):
+    """(a `first` instance, a `second` instance) from the first row of
+    `SELECT f.<all>, s.<all> FROM <first> AS f JOIN <second> AS s ON <on> WHERE <where> <tail>`,
+    or None. The SQL text is built once per (models, on, where, tail); same rules as models_select.
+    """
+    key = (first, second, on, where, tail)
+    sql = _pair_queries.get(key)
+    if sql is None:
+        quote = connections[using].ops.quote_name
+        columns = [*(f"f.{c}" for c in model_loader(first)[0]), *(f"s.{c}" for c in model_loader(second)[0])]
+        sql = _pair_queries[key] = (
+            f"SELECT {', '.join(columns)} FROM {quote(first._meta.db_table)} AS f"
+            f" JOIN {quote(second._meta.db_table)} AS s ON {on} WHERE {where} {tail}")
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    split = len(model_loader(first)[1])
+    return model_from_row(first, using, row[:split]), model_from_row(second, using, row[split:])
 
 
 def sql_update(obj, fields, using: str) -> tuple[str, list]:
