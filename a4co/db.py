@@ -109,6 +109,12 @@ def sql_update_values(model, pk, values: dict, using: str, *, where: str = "", w
             + (f" AND {where}" if where else "")), params
 
 
+def mark_saved(using: str, *instances) -> None:
+    """Mark instances written by sql_insert as the ORM marks what it saved (not adding, on `using`)."""
+    for instance in instances:
+        instance._state.adding, instance._state.db = False, using
+
+
 def sql_execute(using: str, statement: tuple[str, list]) -> int:
     """Run one statement; returns its row count."""
     with connections[using].cursor() as cursor:

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 
 from a4co import clock
-from a4co.db import models_select, sql_insert, sql_update, statements_run_together
+from a4co.db import mark_saved, models_select, sql_insert, sql_update, statements_run_together
 from a4co.errors import ApplicationError
 from infra.outbox import outbox_append
 from inventory.messages import InventoryOutOfStock, InventoryReleased, InventoryReserved
@@ -76,11 +76,6 @@ def _products_sql(products: dict[str, Product], now: dt.datetime) -> tuple[str, 
              [p.reserved_quantity for p in rows], [p.sold_quantity for p in rows]])
 
 
-def _saved(*instances) -> None:
-    for instance in instances:
-        instance._state.adding, instance._state.db = False, DB
-
-
 def _reservation_announce(reservation: Reservation, items: list[ReservationItem] | None = None) -> None:
     """(Re-)emit the event that describes the reservation's current state."""
     if reservation.status in (Reservation.Status.ACTIVE, Reservation.Status.COMMITTED):
@@ -129,7 +124,7 @@ def stock_reserve(*, order_id: str, lines: list[ReserveLine], ttl_seconds: int |
     items = [ReservationItem(reservation=reservation, product_id=pid, quantity=qty) for pid, qty in requested.items()]
     # Stock, reservation and its lines in one round trip.
     statements_run_together(DB, [_products_sql(products, now), sql_insert([reservation], DB), sql_insert(items, DB)])
-    _saved(reservation, *items)
+    mark_saved(DB, reservation, *items)
     _reservation_announce(reservation, items)
     return reservation
 

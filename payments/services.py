@@ -16,7 +16,7 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 
 from a4co import clock
-from a4co.db import sql_execute, sql_insert, sql_update_values
+from a4co.db import mark_saved, sql_execute, sql_insert, sql_update_values
 from a4co.money import to_minor_units
 from infra.outbox import outbox_append
 from payments import stripe_gateway as gateway
@@ -43,7 +43,7 @@ def payment_prepare(*, order_id: str, customer_id: str, amount: Decimal, currenc
             payment = Payment(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency.upper(),
                               payment_method=payment_method)
             sql_execute(DB, sql_insert([payment], DB))
-            payment._state.adding, payment._state.db = False, DB
+            mark_saved(DB, payment)
         created = True
     except IntegrityError:
         payment, created = Payment.objects.using(DB).get(order_id=order_id), False

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import transaction
 
 from a4co import clock
-from a4co.db import model_pair_select, sql_insert, sql_update, statements_run_together
+from a4co.db import mark_saved, model_pair_select, sql_insert, sql_update, statements_run_together
 from a4co.errors import ApplicationError, NotFoundError
 from infra.consumers import current_event_id
 from infra.outbox import outbox_append
@@ -79,11 +79,9 @@ def saga_start(*, order: Order, items: list | None = None, order_unsaved: bool =
     step = SagaStep(saga=saga, step="reserve_inventory", trigger="start", outcome="requested",
                     status_to=state.status, created_at=now,
                     detail={"items": [{"productId": i.product_id, "quantity": i.quantity} for i in items]})
-    written = [order, *items, saga] if order_unsaved else [saga]
     statements = [sql_insert([order], DB), sql_insert(items, DB)] if order_unsaved else []
     statements_run_together(DB, [*statements, sql_insert([saga], DB), sql_insert([step], DB)])
-    for instance in written:
-        instance._state.adding, instance._state.db = False, DB
+    mark_saved(DB, *([order, *items] if order_unsaved else []), saga)
     _order_created_send(order, items)
     return saga
 
