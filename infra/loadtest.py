@@ -72,14 +72,18 @@ def _process_groups(tracked: set[int] | frozenset[int] = frozenset()) -> dict[in
             continue
         # fields[0] is field 3 (state); ppid is field 4, pgrp 5, utime 14, stime 15, cutime 16, cstime 17.
         processes[int(entry)] = (int(fields[1]), int(fields[2]), sum(int(v) for v in fields[11:15]) / CLOCK_TICKS)
+    def group_of(pid: int) -> int:
+        ancestor = pid
+        while ancestor in processes and ancestor > 1:
+            parent, group, _cpu = processes[ancestor]
+            if group in tracked:
+                return group
+            ancestor = parent
+        return processes[pid][1]
+
     groups: dict[int, float] = defaultdict(float)
-    for pid, (_ppid, pgrp, cpu) in processes.items():
-        group, ancestor = pgrp, pid
-        while group not in tracked and ancestor in processes and ancestor > 1:
-            ancestor = processes[ancestor][0]
-            if ancestor in processes and processes[ancestor][1] in tracked:
-                group = processes[ancestor][1]
-        groups[group] += cpu
+    for pid, (_ppid, _pgrp, cpu) in processes.items():
+        groups[group_of(pid)] += cpu
     return groups
 
 
