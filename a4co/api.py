@@ -10,6 +10,24 @@ from rest_framework.throttling import UserRateThrottle
 
 from a4co.money import MoneyError, parse_amount
 
+_validators: dict[type, serializers.Serializer] = {}
+
+
+def input_validate(serializer_class: type[serializers.Serializer], data):
+    """`serializer_class(data=data)`'s validated_data, or the ValidationError that
+    `.is_valid(raise_exception=True)` raises (same detail: {field: [messages]}).
+
+    For input serializers on hot paths: one instance per class is kept and reused, because
+    building a serializer deep-copies and binds every declared field (most of the CPU of
+    validating a small body). Only for serializers whose fields and validate methods keep no
+    state between calls and need no context.
+    """
+    validator = _validators.get(serializer_class)
+    if validator is None:
+        validator = _validators.setdefault(serializer_class, serializer_class())
+        validator.fields  # noqa: B018 - build and bind the fields once, before any thread shares them
+    return validator.run_validation(data)
+
 
 class StrictIntegerField(serializers.IntegerField):
     """A JSON integer: rejects booleans, floats like 1.5 and numeric strings."""

@@ -1,8 +1,12 @@
-"""Database connection upkeep for long-running processes that are not Django requests."""
+"""Database helpers: connection upkeep for long-running processes, and hot-path SQL that skips the
+ORM's query building (row loaders, prebuilt statements, writes sent together in one round trip)."""
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
+import psycopg
 from django.db import connections
 
 
@@ -133,12 +137,79 @@ def sql_insert(objs, using: str) -> tuple[str, list]:
             f" VALUES {', '.join([row] * len(objs))}", params)
 
 
-def statements_run_together(using: str, statements: list[tuple[str, list]]) -> None:
+def statements_run_together(using: str, statements: list[tuple[str, list]], *, deferrable: bool = False) -> None:
     """Run data-modifying statements in one round trip: all but the last become WITH clauses
     (PostgreSQL runs each exactly once, to completion). Same transaction semantics as running
-    them one by one inside the caller's transaction."""
+    them one by one inside the caller's transaction.
+
+    Writes queued by `statement_defer` on `using` go first, in the same statement. With
+    `deferrable`, inside `writes_deferred` the statements are queued too (nothing in the
+    transaction may read them back before it ends); elsewhere they run now.
+    """
+    connection = connections[using]
+    queued = getattr(connection, "_a4co_deferred", None)
+    if queued is not None:
+        if deferrable:
+            queued.extend(statements)
+            return
+        statements, queued[:] = [*queued, *statements], []
+    _run_together(connection, statements)
+
+
+def _run_together(connection, statements: list[tuple[str, list]]) -> None:
     *first, (last_sql, last_params) = statements
     sql = (("WITH " + ", ".join(f"w{i} AS ({s})" for i, (s, _) in enumerate(first)) + " ") if first else "") + last_sql
     params = [p for _, ps in first for p in ps] + list(last_params)
-    with connections[using].cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(sql, params)
+
+
+def statement_defer(using: str, statement: tuple[str, list]) -> bool:
+    """Queue an INSERT that nothing reads back in this transaction (an inbox or outbox row) to
+    travel with the transaction's next write, inside `writes_deferred`. Returns False (queued
+    nothing: run it now) outside one."""
+    queued = getattr(connections[using], "_a4co_deferred", None)
+    if queued is None:
+        return False
+    queued.append(statement)
+    return True
+
+
+@contextlib.contextmanager
+def writes_deferred(using: str) -> Iterator[None]:
+    """Inside an atomic block on `using`: queued writes (statement_defer, deferrable
+    statements_run_together) go out with the next statements_run_together, the rest in one
+    statement when the block ends without an exception (the queue is dropped on one).
+
+    Why: a message handler's inbox row, its state change and its outbox row cost one round trip
+    instead of three. When nothing else was sent in the transaction, that one statement runs on
+    its own (atomic by itself) and the transaction costs no BEGIN/COMMIT round trips either.
+    A failure of the final statement (e.g. an IntegrityError) is raised from the block's end.
+    """
+    connection = connections[using]
+    if not connection.in_atomic_block or getattr(connection, "_a4co_deferred", None) is not None:
+        raise RuntimeError(f"writes_deferred needs an atomic block on {using!r} and does not nest")
+    connection._a4co_deferred = queued = []
+    try:
+        yield
+        connection._a4co_deferred = None
+        if queued:
+            _run_last(connection, queued)
+    finally:
+        connection._a4co_deferred = None
+
+
+def _run_last(connection, statements: list[tuple[str, list]]) -> None:
+    raw = connection.connection
+    alone = (raw is not None and not connection.needs_rollback and not connection.savepoint_ids
+             and raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
+    if not alone:
+        _run_together(connection, statements)
+        return
+    # Nothing was sent in this transaction: the one statement commits by itself, and the
+    # transaction's end (COMMIT of an idle connection) is free in psycopg.
+    raw.autocommit = True
+    try:
+        _run_together(connection, statements)
+    finally:
+        raw.autocommit = False

@@ -33,17 +33,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.apps import apps
 from django.conf import settings
-from django.db import DataError, InterfaceError, OperationalError, connections, router, transaction
+from django.db import DataError, IntegrityError, InterfaceError, OperationalError, connections, router, transaction
 from django.utils.module_loading import import_string
 
-from a4co.db import connections_close_stale
+from a4co.db import connections_close_stale, writes_deferred
 from a4co.errors import TransientError
 from a4co.logging import log_context
 from infra import metrics
 from infra.deadletters import FailedDelivery, dead_letter_record
 from infra.messages import MalformedMessageError, message_parse
 from infra.nats import Delivery, jetstream_session
-from infra.outbox import DuplicateDeliveryError, inbox_record
+from infra.outbox import DuplicateDeliveryError, inbox_conflict, inbox_record
 from infra.streams import STREAMS, ConsumerRoute
 
 log = logging.getLogger(__name__)
@@ -103,10 +103,18 @@ def delivery_handle(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: 
 
     @contextlib.contextmanager
     def effect() -> Iterator[None]:
-        with transaction.atomic(using=router.db_for_write(inbox_model), durable=True):
-            inbox_record(inbox_model, consumer=route.name, event_id=event_id, subject=subject,
-                         aggregate_id=order_id, deliveries=num_delivered)
-            yield
+        # The inbox row travels with the handler's first write (a4co.db.writes_deferred): a
+        # duplicate is then refused by the inbox's unique constraint and everything rolls back.
+        alias = router.db_for_write(inbox_model)
+        try:
+            with transaction.atomic(using=alias, durable=True), writes_deferred(alias):
+                inbox_record(inbox_model, consumer=route.name, event_id=event_id, subject=subject,
+                             aggregate_id=order_id, deliveries=num_delivered)
+                yield
+        except IntegrityError as exc:
+            if inbox_conflict(exc, inbox_model):
+                raise DuplicateDeliveryError(f"{route.name} already handled {event_id}") from exc
+            raise
 
     with log_context(order_id=order_id, event_id=event_id, consumer=route.name, subject=subject):
         token = _current_event_id.set(event_id)

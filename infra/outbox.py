@@ -18,9 +18,10 @@ import uuid
 import redis
 from django.apps import apps
 from django.conf import settings
-from django.db import connections, router, transaction
+from django.db import IntegrityError, connections, router, transaction
 
 from a4co import clock
+from a4co.db import sql_execute, statement_defer
 from infra.messages import Message, message_envelope
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,15 @@ def _outbox_insert(model, subject: str, wire: dict, *, event_id: uuid.UUID, now,
     alias = router.db_for_write(model)
     if not connections[alias].in_atomic_block:
         raise OutboxUsageError(f"outbox write ({subject}) outside a transaction on {alias!r}")
-    # Hot path (every handled message writes one or two): a plain INSERT instead of ORM create;
+    # Hot path (every handled message writes one or two): a plain INSERT instead of ORM create,
+    # sent with the transaction's next write when the caller batches them (a4co.db.writes_deferred);
     # the payload is serialised as JSONField would (json.dumps, no custom encoder).
-    with connections[alias].cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {connections[alias].ops.quote_name(model._meta.db_table)}"
-            " (id, subject, aggregate_id, payload, created_at, attempts, last_error)"
-            " VALUES (%s, %s, %s, %s::jsonb, %s, 0, '')",
-            [event_id, subject, aggregate_id, json.dumps(wire), now])
+    statement = (f"INSERT INTO {connections[alias].ops.quote_name(model._meta.db_table)}"
+                 " (id, subject, aggregate_id, payload, created_at, attempts, last_error)"
+                 " VALUES (%s, %s, %s, %s::jsonb, %s, 0, '')",
+                 [event_id, subject, aggregate_id, json.dumps(wire), now])
+    if not statement_defer(alias, statement):
+        sql_execute(alias, statement)
     _kick_relay_on_commit(alias, model._meta.label)
     return event_id
 
@@ -204,18 +206,28 @@ def inbox_record(model, *, consumer: str, event_id: str, subject: str, aggregate
     """Record (consumer, event_id) in the current transaction.
 
     Raises DuplicateDeliveryError if the pair is already there (committed by an earlier
-    delivery, or being committed by a concurrent one: the insert waits for it).
+    delivery, or being committed by a concurrent one: the insert waits for it). Inside
+    `a4co.db.writes_deferred` the row goes out with the transaction's next write instead, and a
+    duplicate shows as an IntegrityError on the inbox's unique constraint from that write
+    (`inbox_conflict` tells it apart; the transaction is then unusable and must roll back).
     """
     alias = router.db_for_write(model)
     connection = connections[alias]
     if not connection.in_atomic_block:
         raise OutboxUsageError("inbox_record outside a transaction")
     table = connection.ops.quote_name(model._meta.db_table)
+    columns = "(consumer, event_id, subject, aggregate_id, deliveries, received_at)"
+    values = [consumer, event_id, subject, aggregate_id, deliveries, clock.now()]
+    if statement_defer(alias, (f"INSERT INTO {table} {columns} VALUES (%s, %s, %s, %s, %s, %s)", values)):
+        return
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (consumer, event_id, subject, aggregate_id, deliveries, received_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (consumer, event_id) DO NOTHING RETURNING id",
-            [consumer, event_id, subject, aggregate_id, deliveries, clock.now()],
-        )
+        cursor.execute(f"INSERT INTO {table} {columns} VALUES (%s, %s, %s, %s, %s, %s)"
+                       " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING id", values)
         if cursor.fetchone() is None:
             raise DuplicateDeliveryError(f"{consumer} already handled {event_id}")
+
+
+def inbox_conflict(exc: IntegrityError, model) -> bool:
+    """True if `exc` is the unique (consumer, event id) constraint of inbox `model` refusing a row."""
+    diag = getattr(exc.__cause__, "diag", None)
+    return diag is not None and diag.constraint_name == f"{model._meta.app_label}_inbox_unique"

@@ -122,10 +122,11 @@ def stock_reserve(*, order_id: str, lines: list[ReserveLine], ttl_seconds: int |
     reservation = Reservation(order_id=order_id, expires_at=now + dt.timedelta(seconds=ttl), created_at=now,
                               updated_at=now)
     items = [ReservationItem(reservation=reservation, product_id=pid, quantity=qty) for pid, qty in requested.items()]
-    # Stock, reservation and its lines in one round trip.
+    # Announced first so that, in a message handler, the event goes out in the same round trip as
+    # the stock, the reservation and its lines (a4co.db.writes_deferred).
+    _reservation_announce(reservation, items)
     statements_run_together(DB, [_products_sql(products, now), sql_insert([reservation], DB), sql_insert(items, DB)])
     mark_saved(DB, reservation, *items)
-    _reservation_announce(reservation, items)
     return reservation
 
 

@@ -19,7 +19,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from a4co.api import ApiPagination, MoneyField, OrderCreateThrottle, StrictIntegerField
+from a4co.api import ApiPagination, MoneyField, OrderCreateThrottle, StrictIntegerField, input_validate
 from a4co.money import SUPPORTED_CURRENCIES, currency_exponent
 from a4co.openapi import UNAUTHENTICATED, ErrorSerializer, conflict, not_found, validation_error
 from orders.models import Order
@@ -123,11 +123,10 @@ class OrdersApi(APIView):
         def validate_items(self, items):
             validated, errors = [], {}
             for index, raw in enumerate(items):
-                serializer = OrdersApi.ItemInputSerializer(data=raw)
-                if serializer.is_valid():
-                    validated.append(serializer.validated_data)
-                else:
-                    errors[index] = serializer.errors
+                try:
+                    validated.append(input_validate(OrdersApi.ItemInputSerializer, raw))
+                except serializers.ValidationError as exc:
+                    errors[index] = exc.detail
             if errors:
                 raise serializers.ValidationError(errors)
             return validated
@@ -185,9 +184,7 @@ class OrdersApi(APIView):
                                                               "`Retry-After` says when to try again."),
         })
     def post(self, request):
-        payload = self.CreateInputSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        data = payload.validated_data
+        data = input_validate(self.CreateInputSerializer, request.data)
         key = request.headers.get("Idempotency-Key") or None
         if key is not None and not (0 < len(key) <= 255):
             raise serializers.ValidationError({"Idempotency-Key": ["At most 255 characters."]})

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from a4co import clock
+from a4co.db import writes_deferred
 from a4co.errors import ApplicationError, ConflictError, NotFoundError
 from orders.models import Order, OrderItem
 from saga.definition import Trigger
@@ -73,14 +74,14 @@ def order_place(*, owner_id: int, customer_id: str, lines: list[OrderLine], curr
             return PlaceResult(order=existing, created=False)
     now = clock.now()
     try:
-        with transaction.atomic(using=DB, durable=True):
+        with transaction.atomic(using=DB, durable=True), writes_deferred(DB):
             order = Order(owner_id=owner_id, customer_id=customer_id, currency=currency, total_amount=total,
                           payment_method=payment_method, reservation_ttl_seconds=ttl,
                           idempotency_key=idempotency_key or None, request_fingerprint=fingerprint,
                           created_at=now, updated_at=now)
             items = [OrderItem(order=order, product_id=line.product_id, quantity=line.quantity,
                                unit_price=line.unit_price) for line in lines]
-            # The order, its lines, the saga and its first step in one round trip.
+            # The order, its lines, the saga, its first step and orders.created: one statement.
             saga_start(order=order, items=items, order_unsaved=True)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the race.

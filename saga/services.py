@@ -80,7 +80,10 @@ def saga_start(*, order: Order, items: list | None = None, order_unsaved: bool =
                     status_to=state.status, created_at=now,
                     detail={"items": [{"productId": i.product_id, "quantity": i.quantity} for i in items]})
     statements = [sql_insert([order], DB), sql_insert(items, DB)] if order_unsaved else []
-    statements_run_together(DB, [*statements, sql_insert([saga], DB), sql_insert([step], DB)])
+    # New rows nobody reads back in the caller's transaction: inside writes_deferred (POST
+    # /orders) they go out with orders.created, the whole transaction in one statement.
+    statements_run_together(DB, [*statements, sql_insert([saga], DB), sql_insert([step], DB)],
+                            deferrable=order_unsaved)
     mark_saved(DB, *([order, *items] if order_unsaved else []), saga)
     _order_created_send(order, items)
     return saga
