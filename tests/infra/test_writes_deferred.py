@@ -1,0 +1,116 @@
+"""a4co.db.writes_deferred: the inbox and outbox rows of a handled message travel with its other
+writes, and a transaction whose writes are one statement runs it without BEGIN/COMMIT."""
+from __future__ import annotations
+
+import tempfile
+import uuid
+
+import pytest
+from django.db import IntegrityError, connections, transaction
+
+from a4co.db import statement_defer, statements_run_together, writes_deferred
+from infra.outbox import DuplicateDeliveryError, inbox_conflict, inbox_record, outbox_append
+from inventory.messages import InventoryOutOfStock
+from inventory.models import InboxMessage
+from inventory.models import OutboxMessage as InventoryOutbox
+from tests.conftest import ALL_DATABASES
+
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
+DB = "inventory"
+
+
+def _commands_sent(block) -> str:
+    """What libpq sent to PostgreSQL while `block()` ran (its protocol trace)."""
+    connections[DB].ensure_connection()
+    pgconn = connections[DB].connection.pgconn
+    with tempfile.TemporaryFile("w+") as trace:
+        pgconn.trace(trace.fileno())
+        try:
+            block()
+        finally:
+            pgconn.untrace()
+        trace.seek(0)
+        return "\n".join(line for line in trace.read().splitlines() if "\tF\t" in line)
+
+
+def _record(event_id: str) -> None:
+    inbox_record(InboxMessage, consumer="c", event_id=event_id, subject="orders.created", aggregate_id="o",
+                 deliveries=1)
+
+
+def test_queued_rows_are_written_with_the_block_and_only_then():
+    event_id = str(uuid.uuid4())
+    with transaction.atomic(using=DB, durable=True), writes_deferred(DB):
+        _record(event_id)
+        outbox_id = outbox_append(InventoryOutbox, InventoryOutOfStock(order_id="o-1", unavailable_items=()),
+                                  aggregate_id="o-1")
+        # Nothing sent yet: another connection would not see it even after a commit of ours.
+        assert not InboxMessage.objects.using(DB).filter(event_id=event_id).exists()
+        assert not InventoryOutbox.objects.using(DB).filter(id=outbox_id).exists()
+    assert InboxMessage.objects.using(DB).filter(event_id=event_id).exists()
+    assert InventoryOutbox.objects.using(DB).filter(id=outbox_id).exists()
+
+
+def test_queued_rows_go_with_the_next_statement_run_together():
+    event_id = str(uuid.uuid4())
+    with transaction.atomic(using=DB, durable=True), writes_deferred(DB):
+        _record(event_id)
+        statements_run_together(DB, [("UPDATE inventory_product SET name = name WHERE false", [])])
+        assert InboxMessage.objects.using(DB).filter(event_id=event_id).exists()  # sent, in our transaction
+        assert connections[DB].connection.info.transaction_status.name == "INTRANS"
+
+
+def test_an_exception_in_the_block_writes_nothing():
+    event_id = str(uuid.uuid4())
+    with pytest.raises(ZeroDivisionError), transaction.atomic(using=DB, durable=True), writes_deferred(DB):
+        _record(event_id)
+        1 / 0  # noqa: B018
+    assert not InboxMessage.objects.using(DB).filter(event_id=event_id).exists()
+    assert statement_defer(DB, ("SELECT 1", [])) is False  # the queue is gone with the block
+
+
+def test_a_lone_statement_commits_by_itself_without_begin_or_commit():
+    def lone():
+        with transaction.atomic(using=DB, durable=True), writes_deferred(DB):
+            _record(event_id)
+
+    def with_a_read():
+        with transaction.atomic(using=DB, durable=True), writes_deferred(DB):
+            connections[DB].cursor().execute("SELECT 1")
+            _record(str(uuid.uuid4()))
+
+    event_id = str(uuid.uuid4())
+    sent = _commands_sent(lone)
+    assert "INSERT INTO" in sent and "BEGIN" not in sent and "COMMIT" not in sent
+    assert InboxMessage.objects.using(DB).filter(event_id=event_id).exists()
+    sent = _commands_sent(with_a_read)
+    assert "BEGIN" in sent and "COMMIT" in sent and "INSERT INTO" in sent
+
+
+def test_a_duplicate_is_refused_by_the_inbox_constraint_and_nothing_of_the_block_stays():
+    event_id = str(uuid.uuid4())
+    with transaction.atomic(using=DB, durable=True), writes_deferred(DB):
+        _record(event_id)
+    with pytest.raises(IntegrityError) as caught, transaction.atomic(using=DB, durable=True), writes_deferred(DB):
+        _record(event_id)
+        outbox_append(InventoryOutbox, InventoryOutOfStock(order_id="o-2", unavailable_items=()), aggregate_id="o-2")
+    assert inbox_conflict(caught.value, InboxMessage)
+    assert not InventoryOutbox.objects.using(DB).filter(aggregate_id="o-2").exists()
+    # Outside writes_deferred the same duplicate is told at once.
+    with pytest.raises(DuplicateDeliveryError), transaction.atomic(using=DB, durable=True):
+        _record(event_id)
+
+
+def test_another_integrity_error_is_not_taken_for_a_duplicate():
+    with pytest.raises(IntegrityError) as caught, transaction.atomic(using=DB, durable=True), writes_deferred(DB):
+        statement_defer(DB, ("INSERT INTO inventory_product (product_id, name, available_quantity, reserved_quantity,"
+                             " sold_quantity, stocked_quantity, updated_at) VALUES ('p', 'p', -1, 0, 0, 0, now())",
+                             []))
+    assert not inbox_conflict(caught.value, InboxMessage)
+
+
+def test_needs_an_atomic_block_and_does_not_nest():
+    with pytest.raises(RuntimeError), writes_deferred(DB):
+        pass
+    with pytest.raises(RuntimeError), transaction.atomic(using=DB), writes_deferred(DB), writes_deferred(DB):
+        pass
