@@ -118,6 +118,7 @@ def database_options() -> dict:
 def _database(url: str) -> dict:
     config = dj_database_url.parse(url, conn_max_age=CONN_MAX_AGE, conn_health_checks=True)
     config.setdefault("OPTIONS", {}).update(database_options())
+    config["ENGINE"] = "a4co.postgres"  # Django's, with a health check without a round trip
     return config
 
 

@@ -99,6 +99,7 @@ CONN_MAX_AGE = 0 if DB_POOL else env_int("DB_CONN_MAX_AGE", 60)
 def _database(url: str) -> dict:
     config = dj_database_url.parse(url, conn_max_age=CONN_MAX_AGE, conn_health_checks=not DB_POOL)
     config.setdefault("OPTIONS", {}).update(database_options())
+    config["ENGINE"] = "a4co.postgres"  # Django's, with a health check without a round trip
     if DB_POOL:
         config["OPTIONS"]["pool"] = {"min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE,
                                      "timeout": DB_POOL_TIMEOUT_SECONDS}
