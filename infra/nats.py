@@ -247,9 +247,11 @@ class NatsBridge:
         results: list[PublishResult | None] = [None] * len(items)
         sends = []
         for stream, indexes in groups.items():
-            # A lone message gains nothing from a batch (one fsync either way) and costs the
-            # server more: plain publish.
-            if stream is None or len(indexes) == 1 or self._atomic_off_for(stream):
+            # A small group goes out as plain pipelined publishes: the server stages each atomic
+            # batch in a directory of its own (created, synced and removed), which costs it more
+            # than the fsyncs a batch of a few messages saves (docs/benchmarks.md).
+            if (stream is None or len(indexes) < max(2, settings.RELAY_ATOMIC_BATCH_MIN)
+                    or self._atomic_off_for(stream)):
                 sends.append(self._publish_each(nc, items, indexes, results, deadline))
             else:
                 sends.append(self._publish_atomic(nc, stream, items, indexes, results, deadline))

@@ -186,6 +186,9 @@ RELAY_PUBLISH_TIMEOUT_SECONDS = env_int("RELAY_PUBLISH_TIMEOUT_SECONDS", 5)
 # Messages per JetStream atomic batch (nats-server 2.12+; its own limit is 1000 by default):
 # one fsync and one PubAck per batch. 0 publishes message by message.
 RELAY_ATOMIC_BATCH_MAX = env_int("RELAY_ATOMIC_BATCH_MAX", 1000)
+# A stream's rows go out as an atomic batch only from this many on; fewer are published one by
+# one (pipelined): the server stages every atomic batch on disk, which only pays off for a backlog.
+RELAY_ATOMIC_BATCH_MIN = env_int("RELAY_ATOMIC_BATCH_MIN", 16)
 # The public message contracts (each app's messages.py), registered by subject.
 MESSAGE_MODULES = ["orders.messages", "inventory.messages", "payments.messages"]
 # The outboxes the relay drains, one per service database (see infra/models.py).

@@ -64,6 +64,23 @@ def stream_allows_atomic(name: str) -> bool:
     return asyncio.run(info())
 
 
+@pytest.fixture(autouse=True)
+def _small_batches_atomic(settings):
+    settings.RELAY_ATOMIC_BATCH_MIN = 2  # these tests send a few rows at a time
+
+
+def test_fewer_rows_than_the_atomic_minimum_go_out_one_by_one_in_order(jetstream, settings):
+    settings.RELAY_ATOMIC_BATCH_MIN = 5
+    small = outbox_rows(["orders.created"] * 4)
+    assert outbox_relay_drain().published == 4
+    big = outbox_rows(["orders.created"] * 5)
+    assert outbox_relay_drain().published == 5
+    stored = assert_stored_in_order("ORDERS", [*small, *big])
+    assert not any("Nats-Batch-Id" in m.headers for m in stored[:4])
+    assert all("Nats-Batch-Id" in m.headers for m in stored[4:])
+    assert [row.stream_sequence for row in refreshed([*small, *big])] == list(range(1, 10))
+
+
 def test_atomic_batches_store_each_row_once_per_stream_in_outbox_order_with_its_sequence(jetstream, settings):
     settings.RELAY_ATOMIC_BATCH_MAX = 7
     subjects = ["inventory.reserved" if n % 3 == 0 else "orders.created" for n in range(40)]
