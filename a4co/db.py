@@ -69,26 +69,37 @@ def models_select(model, using: str, where: str, params: list, *, tail: str = ""
 _pair_queries: dict[tuple, str] = {}
 
 
-def model_pair_select(first, second, using: str, *, on: str, where: str, params: list, tail: str = ""):
-    """(a `first` instance, a `second` instance) from the first row of
-    `SELECT f.<all>, s.<all> FROM <first> AS f JOIN <second> AS s ON <on> WHERE <where> <tail>`,
-    or None. The SQL text is built once per (models, on, where, tail); same rules as models_select.
+def model_pairs_select(first, second, using: str, *, on: str, where: str, params: list, tail: str = "",
+                       extra: str = "") -> list[tuple]:
+    """[(a `first` instance, a `second` instance, *extra values)] for
+    `SELECT f.<all>, s.<all> [, <extra>] FROM <first> AS f JOIN <second> AS s ON <on> WHERE <where> <tail>`.
+
+    The SQL text is built once per (models, on, where, tail, extra); same rules as models_select
+    (`extra` is SQL too: more columns, e.g. a scalar subquery, returned after the two instances).
     """
-    key = (first, second, on, where, tail)
+    key = (first, second, on, where, tail, extra)
     sql = _pair_queries.get(key)
     if sql is None:
         quote = connections[using].ops.quote_name
         columns = [*(f"f.{c}" for c in model_loader(first)[0]), *(f"s.{c}" for c in model_loader(second)[0])]
+        if extra:
+            columns.append(extra)
         sql = _pair_queries[key] = (
             f"SELECT {', '.join(columns)} FROM {quote(first._meta.db_table)} AS f"
             f" JOIN {quote(second._meta.db_table)} AS s ON {on} WHERE {where} {tail}")
     with connections[using].cursor() as cursor:
         cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
+        rows = cursor.fetchall()
     split = len(model_loader(first)[1])
-    return model_from_row(first, using, row[:split]), model_from_row(second, using, row[split:])
+    end = split + len(model_loader(second)[1])
+    return [(model_from_row(first, using, row[:split]), model_from_row(second, using, row[split:end]), *row[end:])
+            for row in rows]
+
+
+def model_pair_select(first, second, using: str, *, on: str, where: str, params: list, tail: str = ""):
+    """The first pair model_pairs_select finds (same arguments), or None."""
+    pairs = model_pairs_select(first, second, using, on=on, where=where, params=params, tail=tail)
+    return pairs[0] if pairs else None
 
 
 def sql_update(obj, fields, using: str) -> tuple[str, list]:

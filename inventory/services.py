@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 
 from a4co import clock
-from a4co.db import mark_saved, models_select, sql_insert, sql_update, statements_run_together
+from a4co.db import mark_saved, model_pairs_select, models_select, sql_insert, sql_update, statements_run_together
 from a4co.errors import ApplicationError
 from infra.outbox import outbox_append
 from inventory.messages import InventoryOutOfStock, InventoryReleased, InventoryReserved
@@ -56,6 +56,21 @@ def _reservation_locked(order_id: str) -> Reservation | None:
 
 def _reservation_items(reservation: Reservation) -> list[ReservationItem]:
     return models_select(ReservationItem, DB, "reservation_id = %s", [reservation.id], tail="ORDER BY id")
+
+
+def _reservation_items_products_locked(reservation: Reservation) -> tuple[list[ReservationItem], dict[str, Product]]:
+    """The reservation's lines and their products, the products locked in product-id order: one
+    round trip instead of two (items, then products). Raises RuntimeError if a line's product row
+    is missing (nothing is written; the message is retried and then dead-lettered for ops)."""
+    rows = model_pairs_select(
+        ReservationItem, Product, DB, on="s.product_id = f.product_id", where="f.reservation_id = %s",
+        params=[reservation.id, reservation.id], tail="ORDER BY s.product_id, f.id FOR UPDATE OF s",
+        extra="(SELECT count(*) FROM inventory_reservationitem WHERE reservation_id = %s)")
+    # The count's parameter comes first in the text: the extra column precedes WHERE.
+    if rows and rows[0][2] != len(rows):
+        raise RuntimeError(f"reservation {reservation.id}: a line's product row is missing")
+    items = sorted((item for item, _product, _count in rows), key=lambda item: item.id)
+    return items, {product.product_id: product for _item, product, _count in rows}
 
 
 def _products_sql(products: dict[str, Product], now: dt.datetime) -> tuple[str, list]:
@@ -132,8 +147,7 @@ def stock_reserve(*, order_id: str, lines: list[ReserveLine], ttl_seconds: int |
 
 def _stock_return(reservation: Reservation, now: dt.datetime, *, status: str, reason: str) -> None:
     """Give the reservation's stock back and mark it `status` (one round trip for the writes)."""
-    items = _reservation_items(reservation)
-    products = _locked_products(i.product_id for i in items)
+    items, products = _reservation_items_products_locked(reservation)
     for item in items:
         product = products[item.product_id]
         product.reserved_quantity -= item.quantity
@@ -183,8 +197,7 @@ def stock_commit(*, order_id: str) -> Reservation | None:
         if reservation is None:
             log.error("commit for an order with no reservation orderId=%s", order_id)
         return reservation
-    items = _reservation_items(reservation)
-    products = _locked_products(i.product_id for i in items)
+    items, products = _reservation_items_products_locked(reservation)
     was_active = reservation.status == Reservation.Status.ACTIVE
     if not was_active:
         short = [i.product_id for i in items if products[i.product_id].available_quantity < i.quantity]

@@ -8,7 +8,7 @@ import threading
 import pytest
 from django.db import IntegrityError, connections, transaction
 
-from inventory.models import OutboxMessage, Product, Reservation
+from inventory.models import OutboxMessage, Product, Reservation, ReservationItem
 from inventory.services import (
     ReserveLine,
     product_stock_set,
@@ -99,6 +99,26 @@ class TestReservations:
             stock_release(order_id="o-1", reason="too late")
         assert quantities("a") == (3, 0, 2)
         assert Reservation.objects.get(order_id="o-1").status == "COMMITTED"
+
+    def test_several_lines_are_committed_and_released_each_from_its_product(self):
+        for pid in ("c", "a", "b"):
+            ProductFactory(product_id=pid, available_quantity=9)
+        reserve("o-1", ("c", 1), ("a", 2), ("b", 3))
+        reserve("o-2", ("b", 4), ("c", 5))
+        with transaction.atomic(using="inventory"):
+            stock_commit(order_id="o-1")
+            stock_release(order_id="o-2", reason="cancelled")
+        assert [quantities(pid) for pid in ("a", "b", "c")] == [(7, 0, 2), (6, 0, 3), (8, 0, 1)]
+
+    def test_a_line_whose_product_row_is_missing_fails_the_commit_and_writes_nothing(self):
+        ProductFactory(product_id="a", available_quantity=5)
+        ProductFactory(product_id="b", available_quantity=5)
+        reservation = reserve("o-1", ("a", 1), ("b", 1))
+        ReservationItem.objects.filter(reservation=reservation, product_id="b").update(product_id="gone")
+        with pytest.raises(RuntimeError, match="product row is missing"), transaction.atomic(using="inventory"):
+            stock_commit(order_id="o-1")
+        assert quantities("a") == (4, 1, 0)
+        assert Reservation.objects.get(order_id="o-1").status == "ACTIVE"
 
     def test_commit_after_expiry_takes_the_stock_again_when_there_is_some(self, clock):
         ProductFactory(product_id="a", available_quantity=5)
