@@ -12,6 +12,8 @@ import contextlib
 import functools
 import json
 import logging
+import os
+import threading
 import time
 import uuid
 
@@ -82,7 +84,7 @@ def _kick_relay_on_commit(alias: str, label: str) -> None:
         if label in kicked:
             return
         kicked.add(label)
-    transaction.on_commit(functools.partial(relay_kick, label), using=alias)
+    transaction.on_commit(functools.partial(relay_kick_soon, label), using=alias)
 
 
 # --- Waking the relay ---------------------------------------------------------------------------
@@ -151,6 +153,58 @@ def relay_kick(label: str = "") -> None:
     except Exception:  # the broker being down must not fail a committed request
         log.warning("relay kick failed; beat will relay within %ss", settings.RELAY_BEAT_SECONDS,
                     exc_info=True)
+
+
+class _Kicker:
+    """Sends this process's relay kicks from one thread, so that the commits of the same moment
+    (a web worker's or a consumer's threads) share one Redis call per outbox instead of one each.
+
+    Every label requested before a round takes its label set is kicked by that round, which
+    starts after the request, hence after the commit that made it. The round waits
+    RELAY_KICK_COALESCE_SECONDS first, to gather the commits that follow. A kick lost with the
+    process (it exits before its round) is covered by beat's relay run, as a failed kick is.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._labels: set[str] = set()
+        self._wake = threading.Event()
+        threading.Thread(target=self._run, name="a4co-relay-kicker", daemon=True).start()
+
+    def request(self, label: str) -> None:
+        with self._lock:
+            self._labels.add(label)
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(settings.RELAY_KICK_COALESCE_SECONDS)
+            self._wake.clear()  # before taking the set: a request after this sets it again
+            with self._lock:
+                labels, self._labels = self._labels, set()
+            for label in sorted(labels):
+                relay_kick(label)
+
+
+_kicker: _Kicker | None = None
+_kicker_lock = threading.Lock()
+# A forked child (gunicorn and Celery workers) starts its own kicker thread when it needs one.
+os.register_at_fork(after_in_child=lambda: globals().update(_kicker=None, _kicker_lock=threading.Lock()))
+
+
+def relay_kick_soon(label: str = "") -> None:
+    """relay_kick(label) from this process's kicker thread, coalesced with the other commits of
+    the moment (see _Kicker); at once, in this thread, when RELAY_KICK_COALESCE_SECONDS is 0."""
+    global _kicker
+    if settings.RELAY_KICK_COALESCE_SECONDS <= 0:
+        relay_kick(label)
+        return
+    if _kicker is None:
+        with _kicker_lock:
+            if _kicker is None:
+                _kicker = _Kicker()
+    _kicker.request(label)
 
 
 def outbox_relay_run(*, kicked: bool) -> int:

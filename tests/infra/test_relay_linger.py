@@ -54,7 +54,7 @@ def _pending() -> int:
 def test_a_kicked_relay_lingers_and_relays_later_commits_without_a_task_each(jetstream, flags, settings):
     settings.RELAY_LINGER_SECONDS = 4
     order_created("o-1")  # the kick: flag set, one task queued
-    assert flags.get(KICK_FLAG) == b"1" and flags.llen(CELERY_QUEUE) == 1
+    wait_until(lambda: flags.get(KICK_FLAG) == b"1" and flags.llen(CELERY_QUEUE) == 1, message="kicked")
     relay = RelayThread(kicked=True)
     relay.start()  # plays the queued task
     wait_until(lambda: _pending() == 0, message="first drain")
@@ -73,7 +73,7 @@ def test_a_kicked_relay_lingers_and_relays_later_commits_without_a_task_each(jet
     assert [m.headers["Nats-Msg-Id"] for m in nats_bus.jetstream_messages("ORDERS")] == [
         str(i) for i in OrdersOutbox.objects.order_by("created_at").values_list("id", flat=True)]
     order_created("o-4")
-    assert flags.llen(CELERY_QUEUE) == 2
+    wait_until(lambda: flags.llen(CELERY_QUEUE) == 2, message="kicked again")
 
 
 def test_a_row_whose_wake_never_came_is_relayed_by_the_last_drain(jetstream, flags, settings):
@@ -95,7 +95,8 @@ def test_beats_run_drains_once_and_leaves_a_live_owner_alone(jetstream, flags, s
     settings.RELAY_LINGER_SECONDS = 4
     flags.set(KICK_FLAG, "someone-elses-token", px=10_000)
     order_created("o-1")  # finds the flag held: wakes the owner instead of sending a task
-    assert flags.llen(CELERY_QUEUE) == 0 and flags.llen(WAKE_LIST) == 1
+    wait_until(lambda: flags.llen(WAKE_LIST) == 1, message="owner woken")
+    assert flags.llen(CELERY_QUEUE) == 0
     started = time.monotonic()
     assert outbox_relay_run(kicked=False) == 1
     assert time.monotonic() - started < 2, "did not linger"
@@ -112,3 +113,35 @@ def test_an_owner_whose_flag_was_taken_over_stops_early(jetstream, flags, settin
     relay.join(5)
     assert not relay.is_alive(), "stopped well before its 8 s linger"
     assert flags.get(KICK_FLAG) == b"1", "not the old owner's to delete"
+
+
+def _order_created_in_thread(order_id: str) -> None:
+    try:
+        order_created(order_id)
+    finally:
+        connections.close_all()
+
+
+def test_the_commits_of_a_moment_share_one_kick_sent_after_they_committed(jetstream, flags, settings):
+    settings.RELAY_KICK_COALESCE_SECONDS = 0.5
+    flags.set(KICK_FLAG, "someone-elses-token", px=20_000)  # a lingering owner: kicks become wakes
+    threads = [threading.Thread(target=_order_created_in_thread, args=(f"o-{n}",)) for n in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wait_until(lambda: flags.llen(WAKE_LIST) >= 1, message="owner woken")
+    assert _pending() == 5  # nobody relays them: the owner is made up
+    # The kicker's rounds come one after the other: a later commit's wake comes after any other
+    # wake of the first five, so two wakes in all means the five shared one.
+    order_created("o-last")
+    wait_until(lambda: flags.llen(WAKE_LIST) >= 2, message="woken again")
+    assert flags.lrange(WAKE_LIST, 0, -1) == [b"orders.OutboxMessage"] * 2
+
+
+def test_with_no_coalescing_each_commit_kicks_from_its_own_thread(jetstream, flags, settings):
+    settings.RELAY_KICK_COALESCE_SECONDS = 0
+    flags.set(KICK_FLAG, "someone-elses-token", px=10_000)
+    order_created("o-1")
+    order_created("o-2")
+    assert flags.llen(WAKE_LIST) == 2  # sent by the committing thread, before it went on
