@@ -176,8 +176,10 @@ CONSUMER_MAX_DELIVER = env_int("CONSUMER_MAX_DELIVER", 3)
 CONSUMER_ACK_WAIT_SECONDS = env_int("CONSUMER_ACK_WAIT_SECONDS", 30)
 CONSUMER_BACKOFF_BASE_SECONDS = float(env_str("CONSUMER_BACKOFF_BASE_SECONDS", "1"))
 CONSUMER_FETCH_BATCH = env_int("CONSUMER_FETCH_BATCH", 32)
-# Threads per consumer route: messages of different orders are handled in parallel.
-CONSUMER_THREADS = env_int("CONSUMER_THREADS", 8)
+# Threads per consumer route: messages of different orders are handled in parallel. More threads
+# than the cores can keep busy cost CPU in GIL hand-offs: on 2 cores 4 carried the most sagas
+# per CPU-second (8 cost 10 % more CPU per saga, 2 left CPU idle; docs/benchmarks.md).
+CONSUMER_THREADS = env_int("CONSUMER_THREADS", 4)
 # How long a message waits in place for a dependency that is down (database, Stripe) before the
 # failure counts as one of its max_deliver deliveries.
 CONSUMER_UNAVAILABLE_WAIT_SECONDS = env_int("CONSUMER_UNAVAILABLE_WAIT_SECONDS", 30)
