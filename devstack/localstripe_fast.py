@@ -1,6 +1,6 @@
 """Launch localstripe (the Stripe API stand-in) patched for speed and isolation.
 
-Usage: ``python localstripe_fast.py --port N [--host 127.0.0.1]``
+Usage: ``python localstripe_fast.py --port N [--host 127.0.0.1] [--access-log]``
 
 This file is run as a script by ``devstack.servers.start_stripe`` (it imports
 nothing from ``devstack``, so it works from any working directory).
@@ -179,6 +179,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
+    # Off unless asked for: a line per request (two per payment) is CPU of the stand-in and of
+    # the devstack that relays it, counted in every benchmark.
+    parser.add_argument("--access-log", action="store_true", help="log every request (aiohttp access log)")
     args = parser.parse_args(argv)
 
     try:
@@ -191,9 +194,11 @@ def main(argv=None):
 
     sock = _bind(args.host, args.port)
 
-    access = logging.getLogger("aiohttp.access")
-    access.setLevel(logging.INFO)
-    access.addHandler(logging.StreamHandler())
+    access = None
+    if args.access_log:
+        access = logging.getLogger("aiohttp.access")
+        access.setLevel(logging.INFO)
+        access.addHandler(logging.StreamHandler())
 
     # shutdown_timeout: a dev/test stand-in should stop promptly on SIGTERM
     # instead of waiting up to aiohttp's default 60 s for idle keep-alives.

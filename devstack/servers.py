@@ -551,7 +551,8 @@ def stripe_spec(datadir: PathLike, port: int) -> ProcessSpec:
     base = f"http://127.0.0.1:{port}"
     return ProcessSpec(
         name="stripe",
-        argv=[sys.executable, str(launcher), "--port", str(port), "--host", "127.0.0.1"],
+        argv=[sys.executable, str(launcher), "--port", str(port), "--host", "127.0.0.1",
+              *(["--access-log"] if os.environ.get("DEVSTACK_STRIPE_ACCESS_LOG") == "1" else [])],
         cwd=str(workdir),
         env=_child_env(PYTHONUNBUFFERED="1"),
         url=base,
