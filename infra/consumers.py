@@ -10,6 +10,13 @@ backoff (NAK with delay), up to `max_deliver` deliveries. A malformed message, a
 last delivery, and a message JetStream stopped redelivering because it was never acked (its
 MAX_DELIVERIES advisory) are recorded as dead letters (infra.deadletters) and terminated.
 
+Under load a fetch brings many messages. A route that allows it (`ConsumerRoute.batch`: its
+handlers run inside the transaction and lock rows of their own order only) handles a fetched
+batch in one transaction instead (`deliveries_handle_together`, in stream order, one thread):
+one BEGIN/COMMIT, one WAL flush and one relay kick for the batch. If anything in it is not plain
+(malformed, a duplicate, a handler error, a deadlock), that transaction is rolled back and the
+messages are handled one by one as above, which gives each its own outcome.
+
 Handlers that must call an external service before writing (payments -> Stripe) are marked
 with `@handler_outside_transaction`: the runner calls them with an `effect` context manager
 and they open it themselves around their writes, after the external call.
@@ -149,6 +156,58 @@ def delivery_handle(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: 
         return Outcome.HANDLED, ""
 
 
+def deliveries_handle_together(route: ConsumerRoute, deliveries: list[Delivery]) -> bool:
+    """Handle `deliveries` in stream order in one durable transaction (in a worker thread).
+
+    True: every one was handled and the transaction committed (ack them all). False: nothing was
+    written (a malformed message, one whose handler opens its own transaction, a duplicate, a
+    handler or database error): handle them one by one with delivery_handle, which sorts out
+    each one's outcome. Never raises.
+    """
+    connections_close_stale()
+    handlers = import_string(route.handlers)
+    prepared = []
+    for delivery in deliveries:
+        try:
+            payload = json.loads(delivery.data)
+            message = message_parse(delivery.subject, payload)
+        except (ValueError, UnicodeDecodeError, RecursionError, MalformedMessageError):
+            return False
+        event_id = delivery.msg_id or str(payload.get("eventId", ""))
+        handler = handlers.get(delivery.subject)
+        if not event_id or handler is None or getattr(handler, "outside_transaction", False):
+            return False
+        prepared.append((delivery, message, event_id, handler))
+    inbox_model = apps.get_model(route.inbox_model)
+    alias = router.db_for_write(inbox_model)
+    try:
+        with transaction.atomic(using=alias, durable=True), writes_deferred(alias):
+            for delivery, message, event_id, handler in prepared:
+                order_id = str(getattr(message, "order_id", ""))
+                with log_context(order_id=order_id, event_id=event_id, consumer=route.name, subject=delivery.subject):
+                    token = _current_event_id.set(event_id)
+                    try:
+                        inbox_record(inbox_model, consumer=route.name, event_id=event_id, subject=delivery.subject,
+                                     aggregate_id=order_id, deliveries=delivery.num_delivered)
+                        handler(message)
+                    finally:
+                        _current_event_id.reset(token)
+    except Exception:  # rolled back: the one-by-one pass reports what it was
+        log.debug("batch of %d handled one by one consumer=%s", len(deliveries), route.name, exc_info=True)
+        return False
+    return True
+
+
+def route_handles_batches(route: ConsumerRoute) -> bool:
+    """Whether `route`'s fetched batches go through deliveries_handle_together: the route allows
+    it (ConsumerRoute.batch), every handler of its subjects runs inside the consumer's
+    transaction, and CONSUMER_BATCH_TRANSACTIONS is on."""
+    handlers = import_string(route.handlers)
+    return settings.CONSUMER_BATCH_TRANSACTIONS and route.batch and all(
+        subject in handlers and not getattr(handlers[subject], "outside_transaction", False)
+        for subject in route.consumer.subjects)
+
+
 class ConsumerRunner:
     """Runs the given routes until `stop()`; in-flight messages finish before it returns."""
 
@@ -180,12 +239,22 @@ class ConsumerRunner:
         # other, in stream order, and different orders in parallel on a few threads (handlers
         # spend most of their time waiting for the database). Django connections are per thread.
         threads = max(1, settings.CONSUMER_THREADS)
+        together = route_handles_batches(route)
+        loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(threads, thread_name_prefix=route.key) as executor:
             while not self._stop.is_set():
                 deliveries = await pull.fetch(settings.CONSUMER_FETCH_BATCH, self.fetch_timeout)
-                if deliveries:
-                    await asyncio.gather(*(self._handle_in_order(route, group, executor)
-                                           for group in _by_order(deliveries)))
+                if not deliveries:
+                    continue
+                if together and len(deliveries) > 1:
+                    committed = await loop.run_in_executor(executor, deliveries_handle_together, route, deliveries)
+                    metrics.consumer_batch_settled(route, committed=committed)
+                    if committed:
+                        for delivery in deliveries:
+                            await self._settle(route, delivery, Outcome.HANDLED, "", executor)
+                        continue
+                await asyncio.gather(*(self._handle_in_order(route, group, executor)
+                                       for group in _by_order(deliveries)))
             # Connections are per thread: each worker thread closes its own. The barrier makes every
             # thread take exactly one of these tasks (a free thread would otherwise take several).
             barrier = threading.Barrier(threads)

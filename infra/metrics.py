@@ -83,6 +83,11 @@ CONSUMER_DEAD_LETTERED = Counter(
     "Messages recorded as dead letters, by source: handler (malformed, or failed on the last "
     "delivery) or advisory (JetStream's MAX_DELIVERIES: never acked).",
     ["consumer", "stream", "source"])
+CONSUMER_BATCHES = Counter(
+    "a4co_consumer_batches_total",
+    "Fetched batches a consumer handled in one transaction, by outcome: committed, or one_by_one "
+    "(something in it was not plain: rolled back, then handled message by message).",
+    ["consumer", "stream", "outcome"])
 
 OUTCOMES = ("handled", "duplicate", "retry", "poison")
 DEAD_LETTER_SOURCES = ("handler", "advisory")
@@ -126,6 +131,11 @@ def consumer_delivery_settled(route, delivery, outcome) -> None:
         CONSUMER_REDELIVERIES.labels(route.name, stream).inc()
 
 
+def consumer_batch_settled(route, *, committed: bool) -> None:
+    """Consumer runner hook: a fetched batch of `route` was committed in one transaction, or not."""
+    CONSUMER_BATCHES.labels(route.name, route.consumer.stream, "committed" if committed else "one_by_one").inc()
+
+
 def consumer_dead_lettered(route, *, source: str) -> None:
     """Consumer runner hook: a message of `route` became a dead letter (source: handler|advisory)."""
     CONSUMER_DEAD_LETTERED.labels(route.name, route.consumer.stream, source).inc()
@@ -156,6 +166,9 @@ def _series_initialize() -> None:
             CONSUMER_REDELIVERIES.labels(route.name, stream)
             for source in DEAD_LETTER_SOURCES:
                 CONSUMER_DEAD_LETTERED.labels(route.name, stream, source)
+            if route.batch:
+                for outcome in ("committed", "one_by_one"):
+                    CONSUMER_BATCHES.labels(route.name, stream, outcome)
         _series_ready = True
 
 

@@ -23,6 +23,11 @@ class ConsumerRoute:
     consumer: ConsumerSpec
     handlers: str      # dotted path of a {subject: handler} table
     service: str       # app label of the consuming service: its InboxMessage and DeadLetter
+    # Handle a fetched batch in one transaction (infra.consumers.deliveries_handle_together).
+    # Only for handlers that lock rows of their own order alone: a batch holds its locks until it
+    # commits, so rows shared between orders (inventory's products) would make every other
+    # transaction on them wait for whole batches, and two batches could deadlock.
+    batch: bool = False
 
     @property
     def inbox_model(self) -> str:
@@ -52,10 +57,10 @@ ROUTES = (
                   "payments.handlers.HANDLERS", "payments"),
     ConsumerRoute(ConsumerSpec("order-service-inventory", "INVENTORY",
                                ("inventory.reserved", "inventory.out_of_stock", "inventory.released")),
-                  "saga.handlers.HANDLERS", "orders"),
+                  "saga.handlers.HANDLERS", "orders", batch=True),
     ConsumerRoute(ConsumerSpec("order-service-payment", "PAYMENTS",
                                ("payments.succeeded", "payments.failed", "payments.cancelled", "payments.refunded")),
-                  "saga.handlers.HANDLERS", "orders"),
+                  "saga.handlers.HANDLERS", "orders", batch=True),
 )
 
 CONSUMER_NAMES = tuple(dict.fromkeys(route.name for route in ROUTES))

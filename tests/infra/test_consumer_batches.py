@@ -1,0 +1,111 @@
+"""A fetched batch handled in one transaction (infra.consumers.deliveries_handle_together): all
+of it commits together, or nothing of it is written and the messages go one by one."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from prometheus_client import REGISTRY
+
+from infra.consumers import Outcome, deliveries_handle_together, delivery_handle, route_handles_batches
+from infra.nats import Delivery, publish_batch_bypassing_outbox
+from infra.relay import outbox_relay_drain
+from infra.streams import ROUTES
+from orders.models import DeadLetter
+from orders.models import InboxMessage as OrdersInbox
+from orders.models import OutboxMessage as OrdersOutbox
+from saga.models import SagaInstance
+from tests.conftest import ALL_DATABASES
+from tests.factories import ProductFactory, order_body
+from tests.helpers import wait_until
+from tests.infra.conftest import RunnerThread
+from tests.pump import pending_rows, pump
+
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+SAGA_INVENTORY = next(route for route in ROUTES if route.name == "order-service-inventory")
+
+
+def _reserved(api, count: int) -> list:
+    """`count` orders placed and reserved: their inventory.reserved rows, not delivered yet."""
+    ProductFactory(product_id="oil", available_quantity=100)
+    for _ in range(count):
+        assert api.post("/api/v1/orders", order_body(("oil", 1, "2.00")), format="json").status_code == 201
+    pump(only={"orders.created"})
+    return pending_rows({"inventory.reserved"})
+
+
+def _delivery(row, *, data: bytes | None = None) -> Delivery:
+    return Delivery(subject=row.subject, data=json.dumps(row.payload).encode() if data is None else data,
+                    msg_id=str(row.id), num_delivered=1, stream_sequence=0, _msg=None)
+
+
+def _statuses(rows) -> list[str]:
+    return [SagaInstance.objects.get(order_id=row.aggregate_id).status for row in rows]
+
+
+def test_a_batch_is_handled_in_one_transaction_with_each_message_recorded(api):
+    rows = _reserved(api, 3)
+    assert deliveries_handle_together(SAGA_INVENTORY, [_delivery(row) for row in rows])
+    assert _statuses(rows) == ["PAYMENT_PROCESSING"] * 3
+    assert set(OrdersInbox.objects.values_list("event_id", flat=True)) == {str(row.id) for row in rows}
+    assert OrdersOutbox.objects.filter(subject="payments.process_request").count() == 3
+
+
+@pytest.mark.parametrize("spoil", ["duplicate", "malformed", "bad order id"])
+def test_a_batch_with_anything_not_plain_writes_nothing_and_goes_one_by_one(api, spoil):
+    rows = _reserved(api, 3)
+    deliveries = [_delivery(row) for row in rows]
+    if spoil == "duplicate":
+        assert delivery_handle(SAGA_INVENTORY, subject=rows[1].subject, data=deliveries[1].data,
+                               msg_id=str(rows[1].id), num_delivered=1)[0] is Outcome.HANDLED
+    elif spoil == "malformed":
+        deliveries[1] = _delivery(rows[1], data=b"{not json")
+    else:
+        deliveries[1] = _delivery(rows[1], data=json.dumps({**rows[1].payload, "orderId": "x" * 80}).encode())
+    inbox, outbox = OrdersInbox.objects.count(), OrdersOutbox.objects.count()
+
+    assert not deliveries_handle_together(SAGA_INVENTORY, deliveries)
+    assert (OrdersInbox.objects.count(), OrdersOutbox.objects.count()) == (inbox, outbox)
+    assert _statuses([rows[0], rows[2]]) == ["STARTED", "STARTED"]
+
+    outcomes = [delivery_handle(SAGA_INVENTORY, subject=d.subject, data=d.data, msg_id=d.msg_id, num_delivered=1)[0]
+                for d in deliveries]
+    expected = {"duplicate": Outcome.DUPLICATE, "malformed": Outcome.POISON, "bad order id": Outcome.POISON}[spoil]
+    assert outcomes == [Outcome.HANDLED, expected, Outcome.HANDLED]
+    assert _statuses([rows[0], rows[2]]) == ["PAYMENT_PROCESSING"] * 2
+
+
+def test_which_routes_batch(settings):
+    by_key = {route.key: route_handles_batches(route) for route in ROUTES}
+    # The saga's routes lock their own order's rows only; inventory shares product rows between
+    # orders; payments call Stripe outside the transaction.
+    assert by_key == {"inventory-service@ORDERS": False, "inventory-service@INVENTORY": False,
+                      "payment-service@PAYMENTS": False, "order-service-inventory@INVENTORY": True,
+                      "order-service-payment@PAYMENTS": True}
+    settings.CONSUMER_BATCH_TRANSACTIONS = False
+    assert not any(route_handles_batches(route) for route in ROUTES)
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
+def test_through_jetstream_a_batch_commits_and_a_spoiled_one_goes_one_by_one(api, jetstream):
+    def batches(outcome: str) -> float:
+        return REGISTRY.get_sample_value("a4co_consumer_batches_total", {
+            "consumer": "order-service-inventory", "stream": "INVENTORY", "outcome": outcome}) or 0
+
+    committed, one_by_one = batches("committed"), batches("one_by_one")
+    first = _reserved(api, 3)
+    outbox_relay_drain()  # all in the stream before the runner starts: its first fetch takes them
+    with RunnerThread([SAGA_INVENTORY]) as runner:
+        wait_until(lambda: _statuses(first) == ["PAYMENT_PROCESSING"] * 3, message="first batch handled")
+        assert batches("committed") == committed + 1 and batches("one_by_one") == one_by_one
+    assert runner.counts == {("order-service-inventory", "handled"): 3}
+
+    second = _reserved(api, 2)
+    outbox_relay_drain()
+    publish_batch_bypassing_outbox([("inventory.reserved", b"{not json", "poison-1")])
+    with RunnerThread([SAGA_INVENTORY]) as runner:
+        wait_until(lambda: DeadLetter.objects.exists(), message="the poison dead-lettered")
+        wait_until(lambda: _statuses(second) == ["PAYMENT_PROCESSING"] * 2, message="the others handled")
+    assert batches("one_by_one") == one_by_one + 1
+    assert runner.counts == {("order-service-inventory", "handled"): 2, ("order-service-inventory", "poison"): 1,
+                             ("order-service-inventory", "dead_lettered"): 1}
