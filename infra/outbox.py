@@ -160,9 +160,10 @@ class _Kicker:
     (a web worker's or a consumer's threads) share one Redis call per outbox instead of one each.
 
     Every label requested before a round takes its label set is kicked by that round, which
-    starts after the request, hence after the commit that made it. The round waits
-    RELAY_KICK_COALESCE_SECONDS first, to gather the commits that follow. A kick lost with the
-    process (it exits before its round) is covered by beat's relay run, as a failed kick is.
+    starts after the request, hence after the commit that made it. After a round the thread
+    rests RELAY_KICK_COALESCE_SECONDS: a commit after a quiet spell is kicked at once, the
+    commits of a busy moment wait at most that long and share the next round. A kick lost with
+    the process (it exits before its round) is covered by beat's relay run, as a failed kick is.
     """
 
     def __init__(self) -> None:
@@ -179,12 +180,12 @@ class _Kicker:
     def _run(self) -> None:
         while True:
             self._wake.wait()
-            time.sleep(settings.RELAY_KICK_COALESCE_SECONDS)
             self._wake.clear()  # before taking the set: a request after this sets it again
             with self._lock:
                 labels, self._labels = self._labels, set()
             for label in sorted(labels):
                 relay_kick(label)
+            time.sleep(settings.RELAY_KICK_COALESCE_SECONDS)
 
 
 _kicker: _Kicker | None = None

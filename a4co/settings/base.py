@@ -232,7 +232,8 @@ RELAY_BEAT_SECONDS = float(env_str("RELAY_BEAT_SECONDS", "1"))
 # A pending kick older than this is assumed lost (its task died) and the next commit kicks again.
 RELAY_KICK_FLAG_TTL_MS = env_int("RELAY_KICK_FLAG_TTL_MS", 2000)
 # A process's commits of the same moment share one relay kick (one Redis call per outbox): its
-# kicker thread waits this long before each round. 0 kicks from the committing thread at once.
+# kicker thread rests this long after each round (a commit after a quiet spell is kicked at
+# once). 0 kicks from the committing thread at once.
 RELAY_KICK_COALESCE_SECONDS = float(env_str("RELAY_KICK_COALESCE_SECONDS", "0.002"))
 # A relay task keeps relaying what commits wake it for during this long before it ends (0: it
 # drains once). Under load that is one Celery task per this many seconds instead of one per commit.

@@ -122,21 +122,26 @@ def _order_created_in_thread(order_id: str) -> None:
         connections.close_all()
 
 
-def test_the_commits_of_a_moment_share_one_kick_sent_after_they_committed(jetstream, flags, settings):
-    settings.RELAY_KICK_COALESCE_SECONDS = 0.5
-    flags.set(KICK_FLAG, "someone-elses-token", px=20_000)  # a lingering owner: kicks become wakes
-    threads = [threading.Thread(target=_order_created_in_thread, args=(f"o-{n}",)) for n in range(5)]
+def test_a_commit_after_a_quiet_spell_kicks_at_once_and_a_busy_moment_shares_one_kick(
+        jetstream, flags, settings, monkeypatch):
+    settings.RELAY_KICK_COALESCE_SECONDS = 0.8  # below the wake list's 2 s TTL, which each push renews
+    monkeypatch.setattr(outbox, "_kicker", None)  # a kicker thread of this test's own: idle
+    flags.set(KICK_FLAG, "someone-elses-token", px=30_000)  # a lingering owner: kicks become wakes
+    order_created("o-0")
+    wait_until(lambda: flags.llen(WAKE_LIST) == 1, timeout=0.4, message="kicked without waiting out the rest")
+    # Five commits while the kicker rests after that round: one round for all of them.
+    threads = [threading.Thread(target=_order_created_in_thread, args=(f"o-{n}",)) for n in range(1, 6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    wait_until(lambda: flags.llen(WAKE_LIST) >= 1, message="owner woken")
-    assert _pending() == 5  # nobody relays them: the owner is made up
-    # The kicker's rounds come one after the other: a later commit's wake comes after any other
-    # wake of the first five, so two wakes in all means the five shared one.
+    wait_until(lambda: flags.llen(WAKE_LIST) >= 2, timeout=3, message="the busy moment's round")
+    assert _pending() == 6  # nobody relays them: the owner is made up
+    # Rounds come one after the other: a later commit's wake follows any other wake of the five,
+    # so three wakes in all means the five shared one.
     order_created("o-last")
-    wait_until(lambda: flags.llen(WAKE_LIST) >= 2, message="woken again")
-    assert flags.lrange(WAKE_LIST, 0, -1) == [b"orders.OutboxMessage"] * 2
+    wait_until(lambda: flags.llen(WAKE_LIST) >= 3, timeout=3, message="woken again")
+    assert flags.lrange(WAKE_LIST, 0, -1) == [b"orders.OutboxMessage"] * 3
 
 
 def test_with_no_coalescing_each_commit_kicks_from_its_own_thread(jetstream, flags, settings):
