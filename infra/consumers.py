@@ -11,9 +11,10 @@ last delivery, and a message JetStream stopped redelivering because it was never
 MAX_DELIVERIES advisory) are recorded as dead letters (infra.deadletters) and terminated.
 
 Under load a fetch brings many messages. A route that allows it (`ConsumerRoute.batch`: its
-handlers run inside the transaction and lock rows of their own order only) handles a fetched
-batch in one transaction instead (`deliveries_handle_together`, in stream order, one thread):
-one BEGIN/COMMIT, one WAL flush and one relay kick for the batch. If anything in it is not plain
+handlers run inside the transaction, and it takes the locks of rows shared between orders up
+front, `batch_locks`) handles a fetched batch in one transaction instead
+(`deliveries_handle_together`, in stream order, one thread): one BEGIN/COMMIT, one WAL flush and
+one relay kick for the batch. If anything in it is not plain
 (malformed, a duplicate, a handler error, a deadlock), that transaction is rolled back and the
 messages are handled one by one as above, which gives each its own outcome.
 
@@ -182,6 +183,8 @@ def deliveries_handle_together(route: ConsumerRoute, deliveries: list[Delivery])
     alias = router.db_for_write(inbox_model)
     try:
         with transaction.atomic(using=alias, durable=True), writes_deferred(alias):
+            if route.batch_locks:
+                import_string(route.batch_locks)([message for _delivery, message, _event_id, _handler in prepared])
             for delivery, message, event_id, handler in prepared:
                 order_id = str(getattr(message, "order_id", ""))
                 with log_context(order_id=order_id, event_id=event_id, consumer=route.name, subject=delivery.subject):

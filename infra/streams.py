@@ -24,10 +24,12 @@ class ConsumerRoute:
     handlers: str      # dotted path of a {subject: handler} table
     service: str       # app label of the consuming service: its InboxMessage and DeadLetter
     # Handle a fetched batch in one transaction (infra.consumers.deliveries_handle_together).
-    # Only for handlers that lock rows of their own order alone: a batch holds its locks until it
-    # commits, so rows shared between orders (inventory's products) would make every other
-    # transaction on them wait for whole batches, and two batches could deadlock.
+    # A batch holds its row locks until it commits: fine for handlers that lock their own order's
+    # rows; rows shared between orders (inventory's products) need `batch_locks`, a dotted path
+    # to a function of the batch's messages that takes every lock first, in the service's lock
+    # order, or two batches (or a batch and a single transaction) could deadlock.
     batch: bool = False
+    batch_locks: str = ""
 
     @property
     def inbox_model(self) -> str:
@@ -46,12 +48,13 @@ class ConsumerRoute:
         return f"{self.consumer.name}@{self.consumer.stream}"
 
 
+INVENTORY_BATCH_LOCKS = "inventory.handlers.batch_locks_take"
 ROUTES = (
     ConsumerRoute(ConsumerSpec("inventory-service", "ORDERS",
                                ("orders.created", "orders.confirmed", "orders.cancelled")),
-                  "inventory.handlers.HANDLERS", "inventory"),
+                  "inventory.handlers.HANDLERS", "inventory", batch=True, batch_locks=INVENTORY_BATCH_LOCKS),
     ConsumerRoute(ConsumerSpec("inventory-service", "INVENTORY", ("inventory.release_request",)),
-                  "inventory.handlers.HANDLERS", "inventory"),
+                  "inventory.handlers.HANDLERS", "inventory", batch=True, batch_locks=INVENTORY_BATCH_LOCKS),
     ConsumerRoute(ConsumerSpec("payment-service", "PAYMENTS",
                                ("payments.process_request", "payments.cancel_request", "payments.refund_request")),
                   "payments.handlers.HANDLERS", "payments"),

@@ -2,8 +2,9 @@
 
 Every function runs in a transaction on the `inventory` database (the message handlers run in
 the consumer's transaction; the others open their own). Product rows are locked with
-`SELECT ... FOR UPDATE` in product-id order, after the reservation row when there is one, so
-concurrent orders serialise on the stock they share and never deadlock; database check
+`SELECT ... FOR UPDATE` in product-id order, after the reservation row when there is one (a
+consumer batch takes all its reservations, then all its products: `stock_locks_take`), so
+concurrent orders serialise on the stock they share and do not deadlock; database check
 constraints make a negative quantity impossible (the transaction fails instead of overselling).
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from collections import Counter
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 
 from a4co import clock
 from a4co.db import mark_saved, model_pairs_select, models_select, sql_insert, sql_update, statements_run_together
@@ -52,6 +53,26 @@ def _locked_products(product_ids) -> dict[str, Product]:
 def _reservation_locked(order_id: str) -> Reservation | None:
     found = models_select(Reservation, DB, "order_id = %s", [order_id], tail="FOR UPDATE")
     return found[0] if found else None
+
+
+def stock_locks_take(*, order_ids, product_ids) -> None:
+    """Lock, in this module's order, the reservations of `order_ids` (order-id order), then the
+    products of `product_ids` and of those reservations' lines (product-id order).
+
+    For a consumer batch (several messages in one transaction): taking every lock the batch will
+    need up front, in the same order as a single reserve/release/commit takes its own, keeps
+    batches and single transactions from deadlocking on the shared product rows. The handlers
+    then lock the same rows again, which costs no wait.
+    """
+    order_ids = sorted(set(order_ids))
+    with connections[DB].cursor() as cursor:
+        cursor.execute(f"SELECT id FROM {Reservation._meta.db_table} WHERE order_id = ANY(%s)"
+                       " ORDER BY order_id FOR UPDATE", [order_ids])
+        reservation_ids = [row[0] for row in cursor.fetchall()]
+        cursor.execute(f"SELECT product_id FROM {Product._meta.db_table} WHERE product_id = ANY(%s)"
+                       f" OR product_id IN (SELECT product_id FROM {ReservationItem._meta.db_table}"
+                       " WHERE reservation_id = ANY(%s)) ORDER BY product_id FOR UPDATE",
+                       [sorted(set(product_ids)), reservation_ids])
 
 
 def _reservation_items(reservation: Reservation) -> list[ReservationItem]:

@@ -3,14 +3,22 @@ of it commits together, or nothing of it is written and the messages go one by o
 from __future__ import annotations
 
 import json
+import threading
+import uuid
+from decimal import Decimal
 
 import pytest
+from django.db import connections
 from prometheus_client import REGISTRY
 
+from a4co import clock
 from infra.consumers import Outcome, deliveries_handle_together, delivery_handle, route_handles_batches
+from infra.messages import message_envelope
 from infra.nats import Delivery, publish_batch_bypassing_outbox
 from infra.relay import outbox_relay_drain
 from infra.streams import ROUTES
+from inventory.models import Product, Reservation
+from orders.messages import OrderCreated
 from orders.models import DeadLetter
 from orders.models import InboxMessage as OrdersInbox
 from orders.models import OutboxMessage as OrdersOutbox
@@ -77,9 +85,9 @@ def test_a_batch_with_anything_not_plain_writes_nothing_and_goes_one_by_one(api,
 
 def test_which_routes_batch(settings):
     by_key = {route.key: route_handles_batches(route) for route in ROUTES}
-    # The saga's routes lock their own order's rows only; inventory shares product rows between
-    # orders; payments call Stripe outside the transaction.
-    assert by_key == {"inventory-service@ORDERS": False, "inventory-service@INVENTORY": False,
+    # The saga's routes lock their own order's rows only; inventory's take their shared product
+    # rows first (batch_locks); payments call Stripe outside the transaction.
+    assert by_key == {"inventory-service@ORDERS": True, "inventory-service@INVENTORY": True,
                       "payment-service@PAYMENTS": False, "order-service-inventory@INVENTORY": True,
                       "order-service-payment@PAYMENTS": True}
     settings.CONSUMER_BATCH_TRANSACTIONS = False
@@ -109,3 +117,49 @@ def test_through_jetstream_a_batch_commits_and_a_spoiled_one_goes_one_by_one(api
     assert batches("one_by_one") == one_by_one + 1
     assert runner.counts == {("order-service-inventory", "handled"): 2, ("order-service-inventory", "poison"): 1,
                              ("order-service-inventory", "dead_lettered"): 1}
+
+
+def _created_deliveries(lines_per_order: list[tuple[str, ...]]) -> list[Delivery]:
+    """orders.created deliveries, one per order, each reserving one unit of its products."""
+    deliveries = []
+    for products in lines_per_order:
+        order_id = str(uuid.uuid4())
+        message = OrderCreated(order_id=order_id, customer_id="c", total_amount=Decimal(len(products)),
+                               currency="EUR", items=tuple({"productId": p, "quantity": 1, "unitPrice": "1.00"}
+                                                           for p in products))
+        event_id = str(uuid.uuid4())
+        payload = message_envelope(message, event_id=event_id, occurred_at=clock.now())
+        deliveries.append(Delivery(subject="orders.created", data=json.dumps(payload).encode(), msg_id=event_id,
+                                   num_delivered=1, stream_sequence=0, _msg=None))
+    return deliveries
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
+def test_inventory_batches_taking_shared_products_in_opposite_orders_do_not_deadlock(settings):
+    # Each batch reserves "a" then "f" in one order and "f" then "a" in the other: without its
+    # locks taken up front (batch_locks), two such batches at once wait on each other.
+    for pid in ("a", "f"):
+        ProductFactory(product_id=pid, available_quantity=1000)
+    route = next(r for r in ROUTES if r.key == "inventory-service@ORDERS")
+    rounds, results = 8, []
+
+    def run(batch, barrier):
+        try:
+            barrier.wait(timeout=10)
+            results.append(deliveries_handle_together(route, batch))
+        finally:
+            connections.close_all()
+
+    for _ in range(rounds):
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=run, args=(_created_deliveries([("a",), ("f",)] * 3), barrier)),
+                   threading.Thread(target=run, args=(_created_deliveries([("f",), ("a",)] * 3), barrier))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert results == [True] * (2 * rounds)
+    for pid in ("a", "f"):
+        product = Product.objects.get(product_id=pid)
+        assert (product.available_quantity, product.reserved_quantity) == (1000 - 6 * rounds, 6 * rounds)
+    assert Reservation.objects.count() == 12 * rounds
