@@ -177,8 +177,16 @@ async def _log_reconnected() -> None:
 async def _connect(name: str, *, reconnect_attempts: int = 3):
     """Connect to NATS_URL. Raises NatsUnavailableError once `reconnect_attempts` are used up
     (-1: keep trying forever, for long-running consumers)."""
+    client = nats.NATS()
+
+    async def disconnected() -> None:
+        if not client.is_closed:  # nats-py calls this on our own close() too: nothing to report then
+            await _log_disconnected()
+
     try:
-        return await nats.connect(**_connect_options(name, reconnect_attempts=reconnect_attempts))
+        await client.connect(**{**_connect_options(name, reconnect_attempts=reconnect_attempts),
+                                "disconnected_cb": disconnected})
+        return client
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise NatsUnavailableError(f"cannot connect to NATS at {nats_url_redacted()}: {exc}") from exc
 
