@@ -247,6 +247,9 @@ def reservations_expire_sweep(*, limit: int = 200) -> int:
         due = list(Reservation.objects.using(DB).select_for_update(skip_locked=True)
                    .filter(status=Reservation.Status.ACTIVE, expires_at__lte=now)
                    .order_by("expires_at")[:limit])
+        # All their products at once, in product order: one reservation's after another's would
+        # not be a global order, and a concurrent reserve or batch could deadlock with the sweep.
+        stock_locks_take(order_ids=[reservation.order_id for reservation in due], product_ids=[])
         for reservation in due:
             _stock_return(reservation, now, status=Reservation.Status.EXPIRED, reason="reservation expired")
             _reservation_announce(reservation)

@@ -19,6 +19,7 @@ from inventory.services import (
 )
 from tests.conftest import ALL_DATABASES
 from tests.factories import ProductFactory
+from tests.helpers import wait_until
 
 
 def reserve(order_id, *lines, ttl=None):
@@ -178,3 +179,41 @@ def test_concurrent_reservations_never_oversell():
     assert sum(results.values()) == 5 and len(results) == 12
     assert quantities("scarce") == (0, 5, 0)
     assert quantities("other") == (95, 5, 0)
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
+def test_the_expiry_sweep_takes_its_products_in_product_order(clock):
+    # The sweep meets two expired reservations, the first on "f", the second on "a". Taking "f"
+    # and then "a" would deadlock with a transaction that holds "a" and then wants "f".
+    ProductFactory(product_id="a", available_quantity=5)
+    ProductFactory(product_id="f", available_quantity=5)
+    reserve("o-1", ("f", 1), ttl=100)
+    clock.advance(1)
+    reserve("o-2", ("a", 1), ttl=100)
+    clock.advance(200)
+    swept, failures = [], []
+
+    def sweep():
+        try:
+            swept.append(reservations_expire_sweep())
+        except Exception as exc:  # reported by the assertion below
+            failures.append(exc)
+        finally:
+            connections.close_all()
+
+    with transaction.atomic(using="inventory"):
+        list(Product.objects.select_for_update().filter(product_id="a"))
+        thread = threading.Thread(target=sweep)
+        thread.start()
+        wait_until(lambda: _waiting_for_a_lock() > 0, timeout=10, message="the sweep waiting for a product")
+        list(Product.objects.select_for_update().filter(product_id="f"))  # deadlocks if the sweep holds it
+    thread.join(timeout=30)
+    assert failures == [] and swept == [2]
+    assert quantities("a") == (5, 0, 0) and quantities("f") == (5, 0, 0)
+
+
+def _waiting_for_a_lock() -> int:
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity"
+                       " WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+        return cursor.fetchone()[0]
