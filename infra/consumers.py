@@ -84,6 +84,22 @@ def backoff_seconds(num_delivered: int) -> float:
     return settings.CONSUMER_BACKOFF_BASE_SECONDS * (2 ** max(num_delivered - 1, 0))
 
 
+def _delivery_parse(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: str):
+    """(message, event id, handler) of a delivery; MalformedMessageError if it has none of them."""
+    try:
+        payload = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise MalformedMessageError(f"not JSON: {exc}") from exc
+    message = message_parse(subject, payload)
+    event_id = msg_id or str(payload.get("eventId", ""))
+    if not event_id:
+        raise MalformedMessageError("no Nats-Msg-Id header and no eventId field")
+    handler = import_string(route.handlers).get(subject)
+    if handler is None:
+        raise MalformedMessageError(f"{route.name} has no handler for {subject}")
+    return message, event_id, handler
+
+
 def delivery_handle(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: str,
                     num_delivered: int) -> tuple[Outcome, str]:
     """Handle one delivery synchronously (in a worker thread). Never raises.
@@ -92,17 +108,7 @@ def delivery_handle(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: 
     """
     connections_close_stale()
     try:
-        try:
-            payload = json.loads(data)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
-            raise MalformedMessageError(f"not JSON: {exc}") from exc
-        message = message_parse(subject, payload)
-        event_id = msg_id or str(payload.get("eventId", ""))
-        if not event_id:
-            raise MalformedMessageError("no Nats-Msg-Id header and no eventId field")
-        handler = import_string(route.handlers).get(subject)
-        if handler is None:
-            raise MalformedMessageError(f"{route.name} has no handler for {subject}")
+        message, event_id, handler = _delivery_parse(route, subject=subject, data=data, msg_id=msg_id)
     except MalformedMessageError as exc:
         return Outcome.POISON, str(exc)
 
@@ -166,17 +172,14 @@ def deliveries_handle_together(route: ConsumerRoute, deliveries: list[Delivery])
     each one's outcome. Never raises.
     """
     connections_close_stale()
-    handlers = import_string(route.handlers)
     prepared = []
     for delivery in deliveries:
         try:
-            payload = json.loads(delivery.data)
-            message = message_parse(delivery.subject, payload)
-        except (ValueError, UnicodeDecodeError, RecursionError, MalformedMessageError):
+            message, event_id, handler = _delivery_parse(route, subject=delivery.subject, data=delivery.data,
+                                                         msg_id=delivery.msg_id)
+        except MalformedMessageError:
             return False
-        event_id = delivery.msg_id or str(payload.get("eventId", ""))
-        handler = handlers.get(delivery.subject)
-        if not event_id or handler is None or getattr(handler, "outside_transaction", False):
+        if getattr(handler, "outside_transaction", False):
             return False
         prepared.append((delivery, message, event_id, handler))
     inbox_model = apps.get_model(route.inbox_model)

@@ -278,11 +278,11 @@ def inbox_record(model, *, consumer: str, event_id: str, subject: str, aggregate
     table = connection.ops.quote_name(model._meta.db_table)
     columns = "(consumer, event_id, subject, aggregate_id, deliveries, received_at)"
     values = [consumer, event_id, subject, aggregate_id, deliveries, clock.now()]
-    if statement_defer(alias, (f"INSERT INTO {table} {columns} VALUES (%s, %s, %s, %s, %s, %s)", values)):
+    insert = f"INSERT INTO {table} {columns} VALUES (%s, %s, %s, %s, %s, %s)"
+    if statement_defer(alias, (insert, values)):
         return
     with connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO {table} {columns} VALUES (%s, %s, %s, %s, %s, %s)"
-                       " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING id", values)
+        cursor.execute(insert + " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING id", values)
         if cursor.fetchone() is None:
             raise DuplicateDeliveryError(f"{consumer} already handled {event_id}")
 

@@ -86,7 +86,7 @@ def _reservation_items_products_locked(reservation: Reservation) -> tuple[list[R
     rows = model_pairs_select(
         ReservationItem, Product, DB, on="s.product_id = f.product_id", where="f.reservation_id = %s",
         params=[reservation.id, reservation.id], tail="ORDER BY s.product_id, f.id FOR UPDATE OF s",
-        extra="(SELECT count(*) FROM inventory_reservationitem WHERE reservation_id = %s)")
+        extra=f"(SELECT count(*) FROM {ReservationItem._meta.db_table} WHERE reservation_id = %s)")
     # The count's parameter comes first in the text: the extra column precedes WHERE.
     if rows and rows[0][2] != len(rows):
         raise RuntimeError(f"reservation {reservation.id}: a line's product row is missing")

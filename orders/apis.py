@@ -58,15 +58,18 @@ class OrderOutputSerializer(serializers.Serializer):
     def get_items(self, order: Order) -> list[dict]:
         # context["items"]: the lines of an order just placed, so the answer needs no re-read.
         items = self.context.get("items")
-        return [{"productId": item.product_id, "quantity": item.quantity,
-                 "unitPrice": f"{item.unit_price:.2f}", "lineTotal": f"{item.line_total:.2f}"}
-                for item in (order.items.all() if items is None else items)]
+        return [_item_representation(item) for item in (order.items.all() if items is None else items)]
 
     def to_representation(self, instance):
         data = super().to_representation(instance)
         for key in ("cancellationReason", "failureReason", "paymentId", "reservationId"):
             data[key] = data[key] or None  # "" in the database reads as "not set"
         return data
+
+
+def _item_representation(item) -> dict:
+    return {"productId": item.product_id, "quantity": item.quantity,
+            "unitPrice": f"{item.unit_price:.2f}", "lineTotal": f"{item.line_total:.2f}"}
 
 
 def order_representation(order: Order, items=None) -> dict:
@@ -77,9 +80,7 @@ def order_representation(order: Order, items=None) -> dict:
     return {
         "orderId": str(order.id),
         "customerId": order.customer_id,
-        "items": [{"productId": item.product_id, "quantity": item.quantity,
-                   "unitPrice": f"{item.unit_price:.2f}", "lineTotal": f"{item.line_total:.2f}"}
-                  for item in (order.items.all() if items is None else items)],
+        "items": [_item_representation(item) for item in (order.items.all() if items is None else items)],
         "totalAmount": f"{order.total_amount:.2f}",
         "currency": order.currency,
         "status": order.status,

@@ -47,6 +47,15 @@ class RelayThread(threading.Thread):
             connections.close_all()
 
 
+def _owning_relay(flags) -> RelayThread:
+    """A kicked relay task (its kick's flag set), running and owning the flag."""
+    flags.set(KICK_FLAG, "1")
+    relay = RelayThread(kicked=True)
+    relay.start()
+    wait_until(lambda: flags.get(KICK_FLAG) not in (None, b"1"), message="relay owns the flag")
+    return relay
+
+
 def _pending() -> int:
     return OrdersOutbox.objects.filter(published_at__isnull=True).count()
 
@@ -78,10 +87,7 @@ def test_a_kicked_relay_lingers_and_relays_later_commits_without_a_task_each(jet
 
 def test_a_row_whose_wake_never_came_is_relayed_by_the_last_drain(jetstream, flags, settings):
     settings.RELAY_LINGER_SECONDS = 0.5
-    flags.set(KICK_FLAG, "1")
-    relay = RelayThread(kicked=True)
-    relay.start()
-    wait_until(lambda: flags.get(KICK_FLAG) not in (None, b"1"), message="relay owns the flag")
+    relay = _owning_relay(flags)
     # A commit that found the flag held but whose wake was lost: the row is there, no wake is.
     row = OrdersOutbox.objects.create(id=uuid.uuid4(), subject="orders.created", aggregate_id="o-9",
                                       payload={"eventId": "x", "orderId": "o-9"}, created_at=clock.now())
@@ -105,10 +111,7 @@ def test_beats_run_drains_once_and_leaves_a_live_owner_alone(jetstream, flags, s
 
 def test_an_owner_whose_flag_was_taken_over_stops_early(jetstream, flags, settings):
     settings.RELAY_LINGER_SECONDS = 8
-    flags.set(KICK_FLAG, "1")
-    relay = RelayThread(kicked=True)
-    relay.start()
-    wait_until(lambda: flags.get(KICK_FLAG) not in (None, b"1"), message="relay owns the flag")
+    relay = _owning_relay(flags)
     flags.set(KICK_FLAG, "1")  # its flag expired and a new kick set it: a new task is on its way
     relay.join(5)
     assert not relay.is_alive(), "stopped well before its 8 s linger"
