@@ -185,9 +185,9 @@ def deliveries_handle_together(route: ConsumerRoute, deliveries: list[Delivery])
     inbox_model = apps.get_model(route.inbox_model)
     alias = router.db_for_write(inbox_model)
     try:
-        with transaction.atomic(using=alias, durable=True), writes_deferred(alias):
-            if route.batch_locks:
-                import_string(route.batch_locks)([message for _delivery, message, _event_id, _handler in prepared])
+        messages = [message for _delivery, message, _event_id, _handler in prepared]
+        with (transaction.atomic(using=alias, durable=True), writes_deferred(alias),
+              import_string(route.batch_locks)(messages) if route.batch_locks else contextlib.nullcontext()):
             for delivery, message, event_id, handler in prepared:
                 order_id = str(getattr(message, "order_id", ""))
                 with log_context(order_id=order_id, event_id=event_id, consumer=route.name, subject=delivery.subject):

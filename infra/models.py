@@ -19,8 +19,7 @@ class AbstractOutboxMessage(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False,
                           help_text="The event id: sent as Nats-Msg-Id and recorded by inboxes.")
     subject = models.CharField(max_length=200)
-    aggregate_id = models.CharField(max_length=64, db_index=True,
-                                    help_text="The order this message is about.")
+    aggregate_id = models.CharField(max_length=64, help_text="The order this message is about.")
     payload = models.JSONField(help_text="The full wire object (envelope + payload).")
     created_at = models.DateTimeField(default=clock.now)
     published_at = models.DateTimeField(null=True, blank=True)
@@ -35,6 +34,10 @@ class AbstractOutboxMessage(models.Model):
             # The relay's scan: only pending rows, oldest first; stays tiny when drained.
             models.Index(fields=["created_at"], condition=Q(published_at__isnull=True),
                          name="%(app_label)s_outbox_pending"),
+            # An order's message trail (ops). A plain index: Django's default for a CharField adds
+            # a second, varchar_pattern_ops one for LIKE 'x%' that nothing here runs, and each
+            # index is written on every insert and every (non-HOT) publish update.
+            models.Index(fields=["aggregate_id"], name="%(app_label)s_outbox_aggregate"),
         ]
 
     def __str__(self) -> str:
@@ -49,7 +52,7 @@ class AbstractInboxMessage(models.Model):
     consumer = models.CharField(max_length=100)
     event_id = models.CharField(max_length=100)
     subject = models.CharField(max_length=200)
-    aggregate_id = models.CharField(max_length=64, db_index=True, blank=True, default="")
+    aggregate_id = models.CharField(max_length=64, blank=True, default="")
     deliveries = models.PositiveIntegerField(default=1,
                                              help_text="JetStream delivery count when it was handled.")
     received_at = models.DateTimeField(default=clock.now)
@@ -59,6 +62,7 @@ class AbstractInboxMessage(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["consumer", "event_id"], name="%(app_label)s_inbox_unique"),
         ]
+        indexes = [models.Index(fields=["aggregate_id"], name="%(app_label)s_inbox_aggregate")]
 
     def __str__(self) -> str:
         return f"{self.consumer} {self.event_id}"
@@ -83,7 +87,7 @@ class AbstractDeadLetter(models.Model):
     stream_sequence = models.BigIntegerField()
     subject = models.CharField(max_length=200)
     event_id = models.CharField(max_length=100, blank=True, default="")
-    aggregate_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    aggregate_id = models.CharField(max_length=64, blank=True, default="")
     payload = models.TextField(help_text="The message body as received (it may not even be JSON).")
     error = models.TextField()
     deliveries = models.PositiveIntegerField(default=1)
@@ -102,6 +106,7 @@ class AbstractDeadLetter(models.Model):
             models.UniqueConstraint(fields=["consumer", "stream", "stream_sequence"],
                                     name="%(app_label)s_deadletter_unique"),
         ]
+        indexes = [models.Index(fields=["aggregate_id"], name="%(app_label)s_deadletter_aggregate")]
 
     def __str__(self) -> str:
         return f"{self.subject} #{self.stream_sequence} ({self.consumer}, {self.status})"

@@ -26,8 +26,10 @@ class ConsumerRoute:
     # Handle a fetched batch in one transaction (infra.consumers.deliveries_handle_together).
     # A batch holds its row locks until it commits: fine for handlers that lock their own order's
     # rows; rows shared between orders (inventory's products) need `batch_locks`, a dotted path
-    # to a function of the batch's messages that takes every lock first, in the service's lock
-    # order, or two batches (or a batch and a single transaction) could deadlock.
+    # to a context manager of the batch's messages, entered in the batch's transaction before its
+    # handlers run, that takes every lock first, in the service's lock order, or two batches (or
+    # a batch and a single transaction) could deadlock. It may also keep the rows it locked for
+    # the handlers until it exits (one SELECT for the batch instead of one per message).
     batch: bool = False
     batch_locks: str = ""
 
@@ -48,7 +50,8 @@ class ConsumerRoute:
         return f"{self.consumer.name}@{self.consumer.stream}"
 
 
-INVENTORY_BATCH_LOCKS = "inventory.handlers.batch_locks_take"
+INVENTORY_BATCH_LOCKS = "inventory.handlers.batch_rows_locked"
+SAGA_BATCH_LOCKS = "saga.handlers.batch_rows_locked"
 ROUTES = (
     ConsumerRoute(ConsumerSpec("inventory-service", "ORDERS",
                                ("orders.created", "orders.confirmed", "orders.cancelled")),
@@ -60,10 +63,10 @@ ROUTES = (
                   "payments.handlers.HANDLERS", "payments"),
     ConsumerRoute(ConsumerSpec("order-service-inventory", "INVENTORY",
                                ("inventory.reserved", "inventory.out_of_stock", "inventory.released")),
-                  "saga.handlers.HANDLERS", "orders", batch=True),
+                  "saga.handlers.HANDLERS", "orders", batch=True, batch_locks=SAGA_BATCH_LOCKS),
     ConsumerRoute(ConsumerSpec("order-service-payment", "PAYMENTS",
                                ("payments.succeeded", "payments.failed", "payments.cancelled", "payments.refunded")),
-                  "saga.handlers.HANDLERS", "orders", batch=True),
+                  "saga.handlers.HANDLERS", "orders", batch=True, batch_locks=SAGA_BATCH_LOCKS),
 )
 
 CONSUMER_NAMES = tuple(dict.fromkeys(route.name for route in ROUTES))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from infra.messages import MalformedMessageError
 from inventory.messages import InventoryReleaseRequest
-from inventory.services import ReserveLine, stock_commit, stock_locks_take, stock_release, stock_reserve
+from inventory.services import ReserveLine, stock_batch_locked, stock_commit, stock_release, stock_reserve
 from orders.messages import OrderCancelled, OrderConfirmed, OrderCreated
 
 
@@ -32,12 +32,13 @@ def handle_inventory_release_request(message: InventoryReleaseRequest) -> None:
     stock_release(order_id=message.order_id, reason=message.reason)
 
 
-def batch_locks_take(messages: list) -> None:
+def batch_rows_locked(messages: list):
     """Before a consumer batch's handlers run (infra.consumers.deliveries_handle_together): lock
-    every reservation and product the batch touches, in the order single handlers lock them."""
+    every reservation and product the batch touches, in the order single handlers lock them, and
+    keep those rows for the batch's handlers (a context manager: see stock_batch_locked)."""
     product_ids = [item.get("productId") for message in messages if isinstance(message, OrderCreated)
                    for item in message.items if isinstance(item.get("productId"), str)]
-    stock_locks_take(order_ids=[message.order_id for message in messages], product_ids=product_ids)
+    return stock_batch_locked(order_ids=[message.order_id for message in messages], product_ids=product_ids)
 
 
 HANDLERS = {

@@ -49,7 +49,7 @@ class Reservation(models.Model):
         EXPIRED = "EXPIRED"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    order_id = models.CharField(max_length=64, unique=True)
+    order_id = models.CharField(max_length=64)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     expires_at = models.DateTimeField()
     release_reason = models.CharField(max_length=500, blank=True, default="")
@@ -62,6 +62,9 @@ class Reservation(models.Model):
             models.Index(fields=["expires_at"], condition=Q(status="ACTIVE"),
                          name="reservation_active_expiry"),
         ]
+        # A constraint, not unique=True: that would add a second, varchar_pattern_ops index (for
+        # LIKE 'x%') written on every reservation insert and status update.
+        constraints = [models.UniqueConstraint(fields=["order_id"], name="reservation_one_per_order")]
 
     def __str__(self) -> str:
         return f"Reservation {self.id} for {self.order_id} ({self.status})"

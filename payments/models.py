@@ -20,13 +20,13 @@ class Payment(models.Model):
         CANCELED = "CANCELED"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    order_id = models.CharField(max_length=64, unique=True)
+    order_id = models.CharField(max_length=64)
     customer_id = models.CharField(max_length=64)
     amount = models.DecimalField(max_digits=14, decimal_places=2)
     currency = models.CharField(max_length=3)
     payment_method = models.CharField(max_length=100)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PROCESSING)
-    stripe_payment_intent_id = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    stripe_payment_intent_id = models.CharField(max_length=100, blank=True, default="")
     failure_reason = models.CharField(max_length=500, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0, help_text="Stripe confirm attempts.")
     refunded_amount = models.DecimalField(max_digits=14, decimal_places=2, default=0)
@@ -39,7 +39,11 @@ class Payment(models.Model):
         ordering = ["-created_at"]
         # payments.refund: the admin console's refund action moves money, so it needs more than staff.
         permissions = [("refund", "Can refund a payment from the admin console")]
+        # Plain btree indexes only: unique=True / db_index=True on a CharField would add a second,
+        # varchar_pattern_ops index (for LIKE 'x%') to write on every insert and status update.
+        indexes = [models.Index(fields=["stripe_payment_intent_id"], name="payments_intent")]
         constraints = [
+            models.UniqueConstraint(fields=["order_id"], name="payments_one_per_order"),
             models.CheckConstraint(condition=Q(amount__gte=0), name="payment_amount_gte_0"),
             models.CheckConstraint(condition=Q(refunded_amount__lte=models.F("amount")),
                                    name="payment_refund_lte_amount"),

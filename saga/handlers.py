@@ -12,7 +12,7 @@ from infra.messages import MalformedMessageError
 from inventory.messages import InventoryOutOfStock, InventoryReleased, InventoryReserved
 from payments.messages import PaymentCancelled, PaymentFailed, PaymentRefunded, PaymentSucceeded
 from saga.definition import Trigger
-from saga.services import saga_apply
+from saga.services import saga_apply, sagas_batch_locked
 
 
 def _order_id(message) -> str:
@@ -63,6 +63,12 @@ def handle_payments_refunded(message: PaymentRefunded) -> None:
     saga_apply(order_id=_order_id(message), trigger=Trigger.PAYMENT_REFUNDED, reason=message.reason,
                detail={"paymentId": message.payment_id, "amount": str(message.amount),
                        "stripeRefundId": message.stripe_refund_id})
+
+
+def batch_rows_locked(messages: list):
+    """Before a consumer batch's handlers run (infra.consumers.deliveries_handle_together): lock
+    the batch's sagas in order-id order and keep them for its handlers (a context manager)."""
+    return sagas_batch_locked([message.order_id for message in messages])
 
 
 HANDLERS = {
