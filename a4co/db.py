@@ -150,8 +150,9 @@ def sql_insert(objs, using: str) -> tuple[str, list]:
 
 def statements_run_together(using: str, statements: list[tuple[str, list]], *, deferrable: bool = False) -> None:
     """Run data-modifying statements in one round trip: all but the last become WITH clauses
-    (PostgreSQL runs each exactly once, to completion). Same transaction semantics as running
-    them one by one inside the caller's transaction.
+    (PostgreSQL runs each exactly once, to completion; the last may start with WITH queries of its
+    own, named other than w<n>). Same transaction semantics as running them one by one inside the
+    caller's transaction.
 
     Writes queued by `statement_defer` on `using` go first, in the same statement. With
     `deferrable`, inside `writes_deferred` the statements are queued too (nothing in the
@@ -169,7 +170,11 @@ def statements_run_together(using: str, statements: list[tuple[str, list]], *, d
 
 def _run_together(connection, statements: list[tuple[str, list]]) -> None:
     *first, (last_sql, last_params) = statements
-    sql = (("WITH " + ", ".join(f"w{i} AS ({s})" for i, (s, _) in enumerate(first)) + " ") if first else "") + last_sql
+    sql = last_sql
+    if first:
+        clauses = ", ".join(f"w{i} AS ({s})" for i, (s, _) in enumerate(first))
+        # The last statement may have WITH queries of its own (named other than w<n>): one list.
+        sql = f"WITH {clauses}, {last_sql[5:]}" if last_sql.startswith("WITH ") else f"WITH {clauses} {last_sql}"
     params = [p for _, ps in first for p in ps] + list(last_params)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

@@ -112,8 +112,10 @@ def outbox_relay_drain(*, batch_size: int | None = None, max_batches: int = 1000
         for _ in range(max_batches):
             stats = outbox_relay_batch(model, batch_size=batch_size, streams=streams)
             total += stats
-            # Stop when nothing is claimable (drained, or the rest is locked by another relay)
-            # or a publish failed (NATS trouble: the next run retries).
-            if stats.failed or not stats.batches:
+            # Stop when nothing more was claimable (a short batch: drained as of its SELECT, or
+            # the rest is locked by another relay) or a publish failed (NATS trouble: the next
+            # run retries). A row committed after that SELECT kicks the relay again itself, so
+            # asking once more would only cost an empty transaction per wake.
+            if stats.failed or stats.published < batch_size:
                 break
     return total

@@ -7,7 +7,13 @@ import re
 from infra.consumers import handler_outside_transaction
 from infra.messages import MalformedMessageError
 from payments.messages import PaymentCancelRequest, PaymentProcessRequest, PaymentRefundRequest
-from payments.services import payment_charge, payment_outcome_announce, payment_prepare, payment_settle
+from payments.services import (
+    payment_charge_outcome,
+    payment_outcome_announce,
+    payment_outcome_store,
+    payment_prepare,
+    payment_settle,
+)
 
 # Order ids name Stripe idempotency keys (an HTTP header) and metadata: identifiers only.
 ORDER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
@@ -27,9 +33,12 @@ def handle_payments_process_request(message: PaymentProcessRequest, *, effect) -
     payment = payment_prepare(order_id=_order_id(message), customer_id=message.customer_id,
                               amount=message.amount, currency=message.currency,
                               payment_method=message.payment_method)
-    payment = payment_charge(payment=payment)
+    payment, outcome = payment_charge_outcome(payment=payment)
     with effect():
-        payment_outcome_announce(payment=payment)
+        if outcome:
+            payment_outcome_store(payment=payment, outcome=outcome)
+        else:
+            payment_outcome_announce(payment=payment)
 
 
 @handler_outside_transaction

@@ -16,9 +16,9 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 
 from a4co import clock
-from a4co.db import mark_saved, sql_execute, sql_insert, sql_update_values
+from a4co.db import mark_saved, sql_execute, sql_insert, sql_update_values, statements_run_together
 from a4co.money import to_minor_units
-from infra.outbox import outbox_append
+from infra.outbox import outbox_append, outbox_append_statement
 from payments import stripe_gateway as gateway
 from payments.messages import PaymentCancelled, PaymentFailed, PaymentRefunded, PaymentSucceeded
 from payments.models import OutboxMessage, Payment, StripeWebhookEvent
@@ -74,8 +74,19 @@ def payment_charge(*, payment: Payment) -> Payment:
     Raises GatewayUnavailableError when the outcome is unknown or temporary (the caller
     retries later with the same PaymentIntent).
     """
+    payment, outcome = payment_charge_outcome(payment=payment)
+    return _payment_update(payment, only_if=OPEN, **outcome) if outcome else payment
+
+
+def payment_charge_outcome(*, payment: Payment) -> tuple[Payment, dict | None]:
+    """payment_charge without its last write: returns the payment and the fields its outcome
+    sets (None: nothing to write, the payment was settled before it was charged), for the
+    caller to store with payment_outcome_store in its effect transaction.
+
+    Raises GatewayUnavailableError as payment_charge does.
+    """
     if payment.status not in OPEN:
-        return payment
+        return payment, None
     key = f"a4co-order-{payment.order_id}"
     attempt_counted = False
     if not payment.stripe_payment_intent_id:
@@ -85,8 +96,7 @@ def payment_charge(*, payment: Payment) -> Payment:
                 payment_method=payment.payment_method, order_id=payment.order_id,
                 customer_id=payment.customer_id, idempotency_key=f"{key}-create")
         except gateway.GatewayRejectedError as exc:
-            return _payment_update(payment, only_if=OPEN, status=Payment.Status.FAILED,
-                                   failure_reason=f"payment rejected by Stripe: {exc}"[:500])
+            return payment, _failed(f"payment rejected by Stripe: {exc}")
         # The intent id and the first attempt are stored in one statement, committed before the
         # confirm. A concurrent delivery may have stored its intent first (that one wins), or the
         # payment was cancelled meanwhile (the new intent stays unconfirmed: nothing charged).
@@ -102,48 +112,81 @@ def payment_charge(*, payment: Payment) -> Payment:
         else:
             payment = Payment.objects.using(DB).get(id=payment.id)
             if payment.status not in OPEN:
-                return payment
+                return payment, None
     if not attempt_counted:
         payment = _payment_update(payment, only_if=OPEN, attempts=payment.attempts + 1)
     if payment.status not in OPEN:  # settled (cancelled) meanwhile: do not charge
-        return payment
+        return payment, None
     try:
         state = gateway.payment_intent_confirm(intent_id=payment.stripe_payment_intent_id,
                                                idempotency_key=f"{key}-confirm")
     except gateway.GatewayRejectedError as exc:
-        return _payment_update(payment, only_if=OPEN, status=Payment.Status.FAILED,
-                               failure_reason=f"payment rejected by Stripe: {exc}"[:500])
+        return payment, _failed(f"payment rejected by Stripe: {exc}")
     if state.status == "succeeded":
-        return _payment_update(payment, only_if=OPEN, status=Payment.Status.SUCCEEDED, failure_reason="")
+        return payment, {"status": Payment.Status.SUCCEEDED, "failure_reason": ""}
     if state.declined or state.status in ("requires_payment_method", "canceled"):
         reason = f"card declined ({state.decline_code or state.status})"
         if state.decline_message:
             reason += f": {state.decline_message}"
-        return _payment_update(payment, only_if=OPEN, status=Payment.Status.FAILED, failure_reason=reason[:500])
+        return payment, _failed(reason)
     if state.status == "requires_action":
-        return _payment_update(payment, only_if=OPEN, status=Payment.Status.REQUIRES_ACTION,
-                               failure_reason="waiting for customer authentication (3-D Secure)")
+        return payment, {"status": Payment.Status.REQUIRES_ACTION,
+                         "failure_reason": "waiting for customer authentication (3-D Secure)"}
     raise gateway.GatewayUnavailableError(f"payment intent {state.id} is {state.status}; outcome not known yet")
+
+
+def _failed(reason: str) -> dict:
+    return {"status": Payment.Status.FAILED, "failure_reason": reason[:500]}
+
+
+def payment_outcome_store(*, payment: Payment, outcome: dict) -> None:
+    """Store a charge's outcome (from payment_charge_outcome) and announce it, in the caller's
+    transaction, if the payment is still open: one statement, sent with the transaction's other
+    deferred writes (the consumer's inbox row: a4co.db.writes_deferred).
+
+    If the payment was settled meanwhile (a cancel request won the race), nothing is stored or
+    announced here: whoever settled it announced that. Never leaves the outcome stored without
+    its event, or the event without the outcome.
+    """
+    fields = {**outcome, "updated_at": clock.now()}
+    update, params = sql_update_values(Payment, payment.id, fields, DB, where="status = ANY(%s)",
+                                       where_params=[[str(s) for s in OPEN]])
+    for name, value in fields.items():
+        setattr(payment, name, value)
+    message = _outcome_message(payment)
+    if message is None:  # still open (3-D Secure): nothing to announce yet
+        statements_run_together(DB, [(update, params)], deferrable=True)
+        return
+    insert, insert_params = outbox_append_statement(OutboxMessage, message, aggregate_id=payment.order_id,
+                                                    when="stored")
+    statements_run_together(DB, [(f"WITH stored AS ({update} RETURNING 1) {insert}", [*params, *insert_params])],
+                            deferrable=True)
+
+
+def _outcome_message(payment: Payment):
+    """The event that describes the payment's state; None for an open payment."""
+    if payment.status == Payment.Status.SUCCEEDED:
+        return PaymentSucceeded(
+            order_id=payment.order_id, payment_id=str(payment.id), amount=payment.amount,
+            stripe_payment_intent_id=payment.stripe_payment_intent_id, currency=payment.currency)
+    if payment.status == Payment.Status.FAILED:
+        return PaymentFailed(order_id=payment.order_id, reason=payment.failure_reason, timestamp=clock.now(),
+                             payment_id=str(payment.id))
+    if payment.status == Payment.Status.REFUNDED:
+        return PaymentRefunded(
+            order_id=payment.order_id, payment_id=str(payment.id), amount=payment.refunded_amount,
+            reason=payment.refund_reason, stripe_refund_id=payment.stripe_refund_id or None)
+    if payment.status == Payment.Status.CANCELED:
+        return PaymentCancelled(order_id=payment.order_id, reason=payment.failure_reason, payment_id=str(payment.id))
+    return None
 
 
 def payment_outcome_announce(*, payment: Payment) -> None:
     """Emit the event that describes the payment's state (in the caller's transaction); open
     payments emit nothing."""
-    if payment.status == Payment.Status.SUCCEEDED:
-        outbox_append(OutboxMessage, PaymentSucceeded(
-            order_id=payment.order_id, payment_id=str(payment.id), amount=payment.amount,
-            stripe_payment_intent_id=payment.stripe_payment_intent_id, currency=payment.currency),
-            aggregate_id=payment.order_id)
-    elif payment.status == Payment.Status.FAILED:
-        outbox_append(OutboxMessage, PaymentFailed(
-            order_id=payment.order_id, reason=payment.failure_reason, timestamp=clock.now(),
-            payment_id=str(payment.id)), aggregate_id=payment.order_id)
-    elif payment.status == Payment.Status.REFUNDED:
-        payment_refund_announce(payment=payment)
-    elif payment.status == Payment.Status.CANCELED:
-        outbox_append(OutboxMessage, PaymentCancelled(
-            order_id=payment.order_id, reason=payment.failure_reason, payment_id=str(payment.id)),
-            aggregate_id=payment.order_id)
+    message = _outcome_message(payment)
+    if message is not None:
+        outbox_append(OutboxMessage, message, aggregate_id=payment.order_id)
 
 
 def payment_settle(*, order_id: str, reason: str) -> Payment:
@@ -190,15 +233,6 @@ def _refund(payment: Payment, reason: str) -> Payment:
         order_id=payment.order_id, idempotency_key=f"a4co-order-{payment.order_id}-refund")
     return _payment_update(payment, only_if=(Payment.Status.SUCCEEDED,), status=Payment.Status.REFUNDED,
                            refunded_amount=payment.amount, stripe_refund_id=refund_id, refund_reason=reason[:500])
-
-
-def payment_refund_announce(*, payment: Payment) -> None:
-    outbox_append(OutboxMessage, PaymentRefunded(
-        order_id=payment.order_id, payment_id=str(payment.id), amount=payment.refunded_amount,
-        reason=payment.refund_reason, stripe_refund_id=payment.stripe_refund_id or None),
-        aggregate_id=payment.order_id)
-
-
 
 
 def payment_webhook_apply(*, event: gateway.WebhookEvent) -> str:

@@ -247,3 +247,17 @@ def test_a_server_older_than_2_12_gets_one_publish_per_message(tmp_path, setting
         nats_bus.bridge_reset()
         server.terminate()
         server.wait(10)
+
+
+def test_a_drain_stops_at_its_first_short_batch(jetstream):
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    rows = outbox_rows(["orders.created"] * 5)
+    with CaptureQueriesContext(connections["orders"]) as queries:
+        stats = outbox_relay_drain(batch_size=2)
+    assert (stats.published, stats.batches) == (5, 3)
+    # 2 + 2 + 1: the short batch showed the outbox drained; no fourth, empty claim.
+    claims = [q for q in queries.captured_queries if "FOR UPDATE SKIP LOCKED" in q["sql"]]
+    assert len(claims) == 3
+    assert_stored_in_order("ORDERS", rows)

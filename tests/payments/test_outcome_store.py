@@ -1,0 +1,75 @@
+"""A charge's outcome and the event announcing it are stored together, in the consumer's effect
+statement, and only while the payment is still open (payments.services.payment_outcome_store)."""
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.db import connections, transaction
+from django.test.utils import CaptureQueriesContext
+
+from a4co import clock
+from a4co.db import writes_deferred
+from infra.consumers import Outcome, delivery_handle
+from infra.messages import message_envelope
+from infra.streams import ROUTES
+from payments.messages import PaymentProcessRequest
+from payments.models import OutboxMessage, Payment
+from payments.services import payment_charge_outcome, payment_outcome_store, payment_prepare, payment_settle
+from tests.conftest import ALL_DATABASES
+
+pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
+PAYMENTS = next(route for route in ROUTES if route.name == "payment-service")
+
+
+def _process(order_id: str, method: str = "pm_card_visa") -> tuple[Outcome, str]:
+    message = PaymentProcessRequest(order_id=order_id, customer_id="c", amount=Decimal("12.34"), currency="EUR",
+                                    payment_method=method)
+    event_id = str(uuid.uuid4())
+    data = json.dumps(message_envelope(message, event_id=event_id, occurred_at=clock.now())).encode()
+    return delivery_handle(PAYMENTS, subject=message.SUBJECT, data=data, msg_id=event_id, num_delivered=1)
+
+
+@pytest.mark.parametrize(("method", "status", "subject"), [
+    ("pm_card_visa", "SUCCEEDED", "payments.succeeded"),
+    ("pm_card_chargeCustomerFail", "FAILED", "payments.failed"),
+])
+def test_the_outcome_its_event_and_the_inbox_row_are_one_statement(method, status, subject):
+    with CaptureQueriesContext(connections["payments"]) as queries:
+        assert _process("order-1", method) == (Outcome.HANDLED, "")
+    payment = Payment.objects.get(order_id="order-1")
+    assert payment.status == status and payment.attempts == 1
+    assert list(OutboxMessage.objects.values_list("subject", flat=True)) == [subject]
+    # The payment row, its PaymentIntent id (committed before the confirm), then one statement.
+    statements = [q["sql"] for q in queries.captured_queries
+                  if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
+    assert len(statements) == 3, statements
+    last = statements[-1]
+    assert "payments_inbox" in last and "UPDATE" in last and "payments_outbox" in last
+
+
+def test_an_outcome_arriving_after_a_cancel_stores_and_announces_nothing():
+    payment = payment_prepare(order_id="order-1", customer_id="c", amount=Decimal("5.00"), currency="EUR",
+                              payment_method="pm_card_chargeCustomerFail")
+    payment, outcome = payment_charge_outcome(payment=payment)
+    assert outcome["status"] == "FAILED"
+    # The cancel request is handled between the charge and the effect (it announces its own outcome).
+    assert payment_settle(order_id="order-1", reason="saga timed out").status == "CANCELED"
+    with transaction.atomic(using="payments"), writes_deferred("payments"):
+        payment_outcome_store(payment=payment, outcome=outcome)
+    assert Payment.objects.get(order_id="order-1").status == "CANCELED"
+    assert not OutboxMessage.objects.exists()
+
+
+def test_a_payment_waiting_for_3d_secure_is_stored_open_and_announced_later(settings):
+    import stripe
+
+    client = stripe.StripeClient(settings.STRIPE_SECRET_KEY, base_addresses={"api": settings.STRIPE_API_BASE})
+    method = client.v1.payment_methods.create(params={
+        "type": "card", "card": {"number": "4000002500003155", "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
+    assert _process("order-3ds", method.id) == (Outcome.HANDLED, "")
+    payment = Payment.objects.get(order_id="order-3ds")
+    assert payment.status == "REQUIRES_ACTION" and payment.stripe_payment_intent_id
+    assert not OutboxMessage.objects.exists()  # the webhook announces it once the customer is done
