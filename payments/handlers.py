@@ -9,9 +9,9 @@ from infra.messages import MalformedMessageError
 from payments.messages import PaymentCancelRequest, PaymentProcessRequest, PaymentRefundRequest
 from payments.services import (
     payment_charge_outcome,
+    payment_open,
     payment_outcome_announce,
     payment_outcome_store,
-    payment_prepare,
     payment_settle,
 )
 
@@ -30,10 +30,10 @@ def _order_id(message) -> str:
 def handle_payments_process_request(message: PaymentProcessRequest, *, effect) -> None:
     if not message.amount > 0:
         raise MalformedMessageError(f"{message.SUBJECT}: amount {message.amount} is not a positive amount")
-    payment = payment_prepare(order_id=_order_id(message), customer_id=message.customer_id,
-                              amount=message.amount, currency=message.currency,
-                              payment_method=message.payment_method)
-    payment, outcome = payment_charge_outcome(payment=payment)
+    payment, counted = payment_open(order_id=_order_id(message), customer_id=message.customer_id,
+                                    amount=message.amount, currency=message.currency,
+                                    payment_method=message.payment_method)
+    payment, outcome = payment_charge_outcome(payment=payment, attempt_counted=counted)
     with effect():
         if outcome:
             payment_outcome_store(payment=payment, outcome=outcome)

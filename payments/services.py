@@ -2,10 +2,15 @@
 
 The Stripe calls happen outside any database transaction (a slow Stripe must not hold row
 locks); the state that makes retries safe is committed around them:
-1. `payment_prepare` commits the payment row (unique per order) before Stripe is called;
-2. `payment_charge` creates the PaymentIntent once and commits its id before confirming it, so
-   every retry confirms that same intent; the Stripe idempotency keys derive from the order id;
-3. the outcome is written, and the event announced, in the consumer's effect transaction.
+1. a charge request first creates the PaymentIntent (unconfirmed: nothing is charged yet), then
+   commits the payment row (unique per order) with the intent's id in one INSERT
+   (`payment_open`). If the order already has a row (a redelivery, or a cancel that came
+   first), that row wins and the new intent is cancelled at Stripe;
+2. `payment_charge_outcome` confirms the stored intent, so every retry confirms that same
+   intent (a row without one, e.g. from `payment_prepare`, gets its intent id committed before
+   the confirm); the Stripe idempotency keys derive from the order id;
+3. the outcome is written, and the event announced, in the consumer's effect transaction, only
+   while the payment is still open (`payment_outcome_store`).
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import logging
 from contextlib import nullcontext
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 
 from a4co import clock
 from a4co.db import mark_saved, sql_execute, sql_insert, sql_update_values, statements_run_together
@@ -47,10 +52,85 @@ def payment_prepare(*, order_id: str, customer_id: str, amount: Decimal, currenc
         created = True
     except IntegrityError:
         payment, created = Payment.objects.using(DB).get(order_id=order_id), False
-    if not created and (payment.amount != amount or payment.currency != currency.upper()):
-        log.error("payment request differs from the first one orderId=%s first=%s %s now=%s %s",
-                  order_id, payment.amount, payment.currency, amount, currency)
+    if not created:
+        _differing_request_log(payment, amount, currency.upper())
     return payment
+
+
+def _differing_request_log(payment: Payment, amount: Decimal, currency: str) -> None:
+    # A row written by a cancel that came first has no amount of its own to differ from.
+    if payment.currency and (payment.amount != amount or payment.currency != currency):
+        log.error("payment request differs from the first one orderId=%s first=%s %s now=%s %s",
+                  payment.order_id, payment.amount, payment.currency, amount, currency)
+
+
+def payment_open(*, order_id: str, customer_id: str, amount: Decimal, currency: str,
+                 payment_method: str) -> tuple[Payment, bool]:
+    """The order's payment row (committed), with a PaymentIntent for it when Stripe took one;
+    returns (payment, whether this call counted a charge attempt on it).
+
+    Hot path (every charge request): the intent is created at Stripe (unconfirmed: nothing is
+    charged), then the row is written with the intent's id and the attempt in one autocommitted
+    INSERT, instead of an INSERT before Stripe and an UPDATE after it. If the order already has
+    a row (a redelivery, an ops re-send, or a cancel that arrived first), that row wins: an open
+    one without an intent (written while Stripe was away) takes this intent; otherwise the row
+    is returned as it is and the new intent is cancelled at Stripe, unless it is the row's own (a
+    Stripe that replays an idempotent create). A payment method Stripe refuses leaves the row
+    without an intent (payment_charge_outcome records the refusal). While Stripe cannot be
+    reached, the row is written without an intent (the request is on record, ops see it) and
+    GatewayUnavailableError is raised.
+    """
+    currency = currency.upper()
+    try:
+        intent = gateway.payment_intent_create(
+            amount_minor=to_minor_units(amount, currency), currency=currency, payment_method=payment_method,
+            order_id=order_id, customer_id=customer_id, idempotency_key=f"a4co-order-{order_id}-create")
+    except gateway.GatewayRejectedError:
+        return payment_prepare(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency,
+                               payment_method=payment_method), False
+    except gateway.GatewayUnavailableError:
+        # The request is on record (and shown to ops) while Stripe is away; the retry stores its
+        # intent on this row.
+        payment_prepare(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency,
+                        payment_method=payment_method)
+        raise
+    payment = Payment(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency,
+                      payment_method=payment_method, stripe_payment_intent_id=intent.id, attempts=1)
+    insert, params = sql_insert([payment], DB)
+    with connections[DB].cursor() as cursor:
+        cursor.execute(insert + " ON CONFLICT (order_id) DO NOTHING RETURNING 1", params)
+        created = cursor.fetchone() is not None
+    if created:
+        mark_saved(DB, payment)
+        return payment, True
+    payment = Payment.objects.using(DB).get(order_id=order_id)
+    _differing_request_log(payment, amount, currency)
+    if payment.status in OPEN and not payment.stripe_payment_intent_id:
+        if _intent_store(payment, intent.id):
+            return payment, True
+        payment = Payment.objects.using(DB).get(id=payment.id)  # it moved on meanwhile
+    if payment.stripe_payment_intent_id != intent.id:
+        try:
+            gateway.payment_intent_cancel(intent_id=intent.id)
+        except (gateway.GatewayUnavailableError, gateway.GatewayRejectedError):  # unconfirmed: charges nothing
+            log.warning("could not cancel a spare PaymentIntent orderId=%s intent=%s", order_id, intent.id,
+                        exc_info=True)
+    return payment, False
+
+
+def _intent_store(payment: Payment, intent_id: str) -> bool:
+    """Store the PaymentIntent's id and count an attempt on an open payment that has no intent yet
+    (one autocommitted statement); False if it has one now or was settled meanwhile (that wins:
+    the caller's intent stays unconfirmed, nothing is charged)."""
+    now = clock.now()
+    stored = sql_execute(DB, sql_update_values(
+        Payment, payment.id, {"stripe_payment_intent_id": intent_id, "attempts": payment.attempts + 1,
+                              "updated_at": now},
+        DB, where="status = ANY(%s) AND stripe_payment_intent_id = ''", where_params=[[str(s) for s in OPEN]]))
+    if stored:
+        payment.stripe_payment_intent_id, payment.updated_at = intent_id, now
+        payment.attempts += 1
+    return bool(stored)
 
 
 def _payment_update(payment: Payment, *, only_if: tuple, **fields) -> Payment:
@@ -78,17 +158,18 @@ def payment_charge(*, payment: Payment) -> Payment:
     return _payment_update(payment, only_if=OPEN, **outcome) if outcome else payment
 
 
-def payment_charge_outcome(*, payment: Payment) -> tuple[Payment, dict | None]:
+def payment_charge_outcome(*, payment: Payment, attempt_counted: bool = False) -> tuple[Payment, dict | None]:
     """payment_charge without its last write: returns the payment and the fields its outcome
     sets (None: nothing to write, the payment was settled before it was charged), for the
     caller to store with payment_outcome_store in its effect transaction.
 
+    `attempt_counted`: the caller has just written the row, open, with this attempt counted
+    (payment_open); otherwise the attempt is counted, and the row checked still open, first.
     Raises GatewayUnavailableError as payment_charge does.
     """
     if payment.status not in OPEN:
         return payment, None
     key = f"a4co-order-{payment.order_id}"
-    attempt_counted = False
     if not payment.stripe_payment_intent_id:
         try:
             intent = gateway.payment_intent_create(
@@ -97,17 +178,10 @@ def payment_charge_outcome(*, payment: Payment) -> tuple[Payment, dict | None]:
                 customer_id=payment.customer_id, idempotency_key=f"{key}-create")
         except gateway.GatewayRejectedError as exc:
             return payment, _failed(f"payment rejected by Stripe: {exc}")
-        # The intent id and the first attempt are stored in one statement, committed before the
-        # confirm. A concurrent delivery may have stored its intent first (that one wins), or the
-        # payment was cancelled meanwhile (the new intent stays unconfirmed: nothing charged).
-        now = clock.now()
-        stored = sql_execute(DB, sql_update_values(
-            Payment, payment.id, {"stripe_payment_intent_id": intent.id, "attempts": payment.attempts + 1,
-                                  "updated_at": now},
-            DB, where="status = ANY(%s) AND stripe_payment_intent_id = ''", where_params=[[str(s) for s in OPEN]]))
-        if stored:
-            payment.stripe_payment_intent_id, payment.updated_at = intent.id, now
-            payment.attempts += 1
+        # The intent id and the first attempt are committed before the confirm. A concurrent
+        # delivery may have stored its intent first (that one wins), or the payment was cancelled
+        # meanwhile (the new intent stays unconfirmed: nothing charged).
+        if _intent_store(payment, intent.id):
             attempt_counted = True
         else:
             payment = Payment.objects.using(DB).get(id=payment.id)
