@@ -246,10 +246,11 @@ class ConsumerRunner:
         # spend most of their time waiting for the database). Django connections are per thread.
         threads = max(1, settings.CONSUMER_THREADS)
         together = route_handles_batches(route)
+        fetch = settings.CONSUMER_BATCH_FETCH if together else settings.CONSUMER_FETCH_BATCH
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(threads, thread_name_prefix=route.key) as executor:
             while not self._stop.is_set():
-                deliveries = await pull.fetch(settings.CONSUMER_FETCH_BATCH, self.fetch_timeout)
+                deliveries = await pull.fetch(fetch, self.fetch_timeout)
                 if not deliveries:
                     continue
                 if together and len(deliveries) > 1:

@@ -163,3 +163,17 @@ def test_inventory_batches_taking_shared_products_in_opposite_orders_do_not_dead
         product = Product.objects.get(product_id=pid)
         assert (product.available_quantity, product.reserved_quantity) == (1000 - 6 * rounds, 6 * rounds)
     assert Reservation.objects.count() == 12 * rounds
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES, transaction=True)
+def test_a_batch_route_fetches_its_own_larger_batches(api, jetstream, settings):
+    settings.CONSUMER_FETCH_BATCH, settings.CONSUMER_BATCH_FETCH = 2, 10
+    committed = REGISTRY.get_sample_value("a4co_consumer_batches_total", {
+        "consumer": "order-service-inventory", "stream": "INVENTORY", "outcome": "committed"}) or 0
+    rows = _reserved(api, 5)
+    outbox_relay_drain()
+    with RunnerThread([SAGA_INVENTORY]):
+        wait_until(lambda: _statuses(rows) == ["PAYMENT_PROCESSING"] * 5, message="all handled")
+    # One pull of up to 10 took all five: one transaction (pulls of 2 would have made three).
+    assert REGISTRY.get_sample_value("a4co_consumer_batches_total", {
+        "consumer": "order-service-inventory", "stream": "INVENTORY", "outcome": "committed"}) == committed + 1
