@@ -178,9 +178,9 @@ CONSUMER_BACKOFF_BASE_SECONDS = float(env_str("CONSUMER_BACKOFF_BASE_SECONDS", "
 CONSUMER_FETCH_BATCH = env_int("CONSUMER_FETCH_BATCH", 32)
 # Messages fetched per pull by a route that handles a fetched batch in one transaction
 # (CONSUMER_BATCH_TRANSACTIONS): the more a transaction carries under load, the less each
-# message costs (32 -> 128: 117 -> 126 sagas/s on 2 cores, docs/benchmarks.md). Routes handled
-# one by one keep CONSUMER_FETCH_BATCH: what they fetch waits for a thread, its ack deadline
-# running.
+# message costs (32 -> 128: the consumers' CPU per saga -10 % at saturation, docs/benchmarks.md).
+# Routes handled one by one keep CONSUMER_FETCH_BATCH: what they fetch waits for a thread, its
+# ack deadline running.
 CONSUMER_BATCH_FETCH = env_int("CONSUMER_BATCH_FETCH", 128)
 # Threads per consumer route: messages of different orders are handled in parallel. More threads
 # than the cores can keep busy cost CPU in GIL hand-offs: on 2 cores 4 carried the most sagas
