@@ -78,7 +78,7 @@ def payment_open(*, order_id: str, customer_id: str, amount: Decimal, currency: 
     Stripe that replays an idempotent create). A payment method Stripe refuses leaves the row
     without an intent (payment_charge_outcome records the refusal). While Stripe cannot be
     reached, the row is written without an intent (the request is on record, ops see it) and
-    GatewayUnavailableError is raised.
+    GatewayUnavailableError is raised, unless the payment is settled already.
     """
     currency = currency.upper()
     try:
@@ -90,10 +90,12 @@ def payment_open(*, order_id: str, customer_id: str, amount: Decimal, currency: 
                                payment_method=payment_method), False
     except gateway.GatewayUnavailableError:
         # The request is on record (and shown to ops) while Stripe is away; the retry stores its
-        # intent on this row.
-        payment_prepare(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency,
-                        payment_method=payment_method)
-        raise
+        # intent on this row. A payment settled already (a cancel came first) needs no Stripe.
+        payment = payment_prepare(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency,
+                                  payment_method=payment_method)
+        if payment.status in OPEN:
+            raise
+        return payment, False
     payment = Payment(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency,
                       payment_method=payment_method, stripe_payment_intent_id=intent.id, attempts=1)
     insert, params = sql_insert([payment], DB)

@@ -137,3 +137,11 @@ def test_a_charge_request_while_stripe_is_away_is_on_record_and_its_retry_charge
     payment, outcome = payment_charge_outcome(payment=payment, attempt_counted=counted)
     assert outcome["status"] == "SUCCEEDED"
     assert list(_intents_at_stripe(settings, "order-o").values()) == ["succeeded"]
+
+
+def test_a_charge_request_for_a_settled_payment_needs_no_stripe(settings):
+    assert payment_settle(order_id="order-s", reason="cancelled").status == "CANCELED"
+    settings.STRIPE_API_BASE = "http://127.0.0.1:9"  # Stripe away: the request is still answered
+    assert _process("order-s") == (Outcome.HANDLED, "")
+    assert Payment.objects.get(order_id="order-s").status == "CANCELED"
+    assert list(OutboxMessage.objects.values_list("subject", flat=True)) == ["payments.cancelled"]
