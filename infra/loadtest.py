@@ -23,7 +23,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import urllib3
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import DatabaseError, connections
 from rest_framework.authtoken.models import Token
 
 from inventory.models import Product
@@ -115,6 +117,52 @@ class CpuMeter:
         return {name: max(0.0, end[name] - self._start.get(name, 0.0)) for name in self.kinds}
 
 
+class DbMeter:
+    """What the stack's PostgreSQL servers wrote over the run: transactions that wrote (the
+    transaction id counter) and WAL bytes (the WAL position), each server counted once however
+    many aliases point at it.
+
+    Why: run-to-run noise on a small machine moves every process's CPU by 5-10 %, while these
+    counts move only when the work per saga does. Both are read from counters PostgreSQL updates
+    at once (its cumulative statistics, such as commit counts, are published up to seconds late).
+    A server that cannot be asked is left out.
+    """
+
+    QUERIES = {
+        "write transactions": "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+        "WAL bytes": "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn",
+    }
+
+    def __init__(self):
+        self._start = self._sample()
+
+    @staticmethod
+    def _servers() -> dict[tuple, str]:
+        """{(host, port): an alias that reaches that server}."""
+        servers: dict[tuple, str] = {}
+        for alias, config in settings.DATABASES.items():
+            servers.setdefault((config.get("HOST"), str(config.get("PORT"))), alias)
+        return servers
+
+    def _sample(self) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for name, query in self.QUERIES.items():
+            try:
+                total = 0.0
+                for alias in self._servers().values():
+                    with connections[alias].cursor() as cursor:
+                        cursor.execute(query)
+                        total += float(cursor.fetchone()[0])
+            except DatabaseError:
+                continue
+            values[name] = total
+        return values
+
+    def spent(self) -> dict[str, float]:
+        end = self._sample()
+        return {name: end[name] - self._start[name] for name in end if name in self._start}
+
+
 # --- The run ------------------------------------------------------------------------------------
 
 
@@ -128,6 +176,7 @@ class LoadReport:
     latencies_ms: list[float]
     cpu_seconds: dict[str, float]
     stock_problems: list[str]
+    db_counts: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def sagas_per_second(self) -> float:
@@ -140,6 +189,10 @@ class LoadReport:
         return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
     @property
+    def db_per_saga(self) -> dict[str, float]:
+        return {name: round(count / self.orders, 1) for name, count in self.db_counts.items()} if self.orders else {}
+
+    @property
     def cpu_ms_per_saga(self) -> float:
         spent = sum(v for k, v in self.cpu_seconds.items() if k != "loadtest")
         return 1000 * spent / self.orders if self.orders else 0.0
@@ -150,7 +203,8 @@ class LoadReport:
                 "latency_ms": {f"p{p}": round(self.percentile(p), 1) for p in (50, 95, 99)},
                 "outcomes": dict(self.outcomes), "wrong": self.wrong[:20], "errors": dict(self.errors),
                 "cpu_seconds": {k: round(v, 2) for k, v in self.cpu_seconds.items()},
-                "cpu_ms_per_saga": round(self.cpu_ms_per_saga, 2), "stock_problems": self.stock_problems}
+                "cpu_ms_per_saga": round(self.cpu_ms_per_saga, 2), "stock_problems": self.stock_problems,
+                "postgres_per_saga": self.db_per_saga}
 
 
 class LoadTest:
@@ -227,7 +281,7 @@ class LoadTest:
     def run(self) -> LoadReport:
         self._prepare()
         kinds = self.rng.choices(list(self.mix), weights=list(self.mix.values()), k=self.orders)
-        cpu = CpuMeter(self.state_path)
+        cpu, db = CpuMeter(self.state_path), DbMeter()
         started = time.monotonic()
         in_flight = threading.BoundedSemaphore(self.concurrency)
         with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
@@ -273,9 +327,10 @@ class LoadTest:
         while (Product.objects.filter(product_id__in=watched, reserved_quantity__gt=0).exists()
                and time.monotonic() < deadline):
             time.sleep(0.05)
-        return self._report(ids, elapsed, cpu.spent())
+        return self._report(ids, elapsed, cpu.spent(), db.spent())
 
-    def _report(self, ids: list[str], elapsed: float, cpu_seconds: dict[str, float]) -> LoadReport:
+    def _report(self, ids: list[str], elapsed: float, cpu_seconds: dict[str, float],
+                db_counts: dict[str, float]) -> LoadReport:
         statuses = {str(k): v for k, v in Order.objects.filter(id__in=ids).values_list("id", "status")}
         outcomes: Counter = Counter()
         wrong = []
@@ -297,5 +352,6 @@ class LoadTest:
                                       f"{product.reserved_quantity}, sold {product.sold_quantity}, stocked "
                                       f"{product.stocked_quantity}")
         return LoadReport(orders=len(ids), seconds=elapsed, outcomes=outcomes, wrong=wrong, errors=self.errors,
-                          latencies_ms=latencies, cpu_seconds=cpu_seconds, stock_problems=stock_problems)
+                          latencies_ms=latencies, cpu_seconds=cpu_seconds, stock_problems=stock_problems,
+                          db_counts=db_counts)
 

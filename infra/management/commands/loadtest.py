@@ -50,6 +50,8 @@ class Command(BaseCommand):
         out("errors: " + (", ".join(f"{k} {v}" for k, v in report.errors.items()) or "none"))
         out("CPU seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(report.cpu_seconds.items()))
             + f" -> {report.cpu_ms_per_saga:.1f} CPU-ms per saga (stack, without the load generator)")
+        if report.db_per_saga:
+            out("PostgreSQL per saga: " + ", ".join(f"{v:,.1f} {k}" for k, v in report.db_per_saga.items()))
         if json_path:
             json_path.write_text(json.dumps(report.as_dict(), indent=2))
         problems = report.wrong + report.stock_problems
