@@ -65,6 +65,17 @@ def current_event_id() -> str:
     return _current_event_id.get()
 
 
+@contextlib.contextmanager
+def _handling(route: ConsumerRoute, *, subject: str, event_id: str, order_id: str) -> Iterator[None]:
+    """While one message is handled: its ids on every log line and as current_event_id()."""
+    with log_context(order_id=order_id, event_id=event_id, consumer=route.name, subject=subject):
+        token = _current_event_id.set(event_id)
+        try:
+            yield
+        finally:
+            _current_event_id.reset(token)
+
+
 class Outcome(enum.StrEnum):
     HANDLED = "handled"
     DUPLICATE = "duplicate"
@@ -130,8 +141,7 @@ def delivery_handle(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: 
                 raise DuplicateDeliveryError(f"{route.name} already handled {event_id}") from exc
             raise
 
-    with log_context(order_id=order_id, event_id=event_id, consumer=route.name, subject=subject):
-        token = _current_event_id.set(event_id)
+    with _handling(route, subject=subject, event_id=event_id, order_id=order_id):
         try:
             if getattr(handler, "outside_transaction", False):
                 handler(message, effect=effect)
@@ -156,8 +166,6 @@ def delivery_handle(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: 
             log.exception("handler failed consumer=%s subject=%s eventId=%s orderId=%s delivery=%d",
                           route.name, subject, event_id, order_id, num_delivered)
             return Outcome.RETRY, f"{type(exc).__name__}: {exc}"
-        finally:
-            _current_event_id.reset(token)
         log.debug("handled consumer=%s subject=%s eventId=%s orderId=%s delivery=%d",
                  route.name, subject, event_id, order_id, num_delivered)
         return Outcome.HANDLED, ""
@@ -190,14 +198,10 @@ def deliveries_handle_together(route: ConsumerRoute, deliveries: list[Delivery])
               import_string(route.batch_locks)(messages) if route.batch_locks else contextlib.nullcontext()):
             for delivery, message, event_id, handler in prepared:
                 order_id = str(getattr(message, "order_id", ""))
-                with log_context(order_id=order_id, event_id=event_id, consumer=route.name, subject=delivery.subject):
-                    token = _current_event_id.set(event_id)
-                    try:
-                        inbox_record(inbox_model, consumer=route.name, event_id=event_id, subject=delivery.subject,
-                                     aggregate_id=order_id, deliveries=delivery.num_delivered)
-                        handler(message)
-                    finally:
-                        _current_event_id.reset(token)
+                with _handling(route, subject=delivery.subject, event_id=event_id, order_id=order_id):
+                    inbox_record(inbox_model, consumer=route.name, event_id=event_id, subject=delivery.subject,
+                                 aggregate_id=order_id, deliveries=delivery.num_delivered)
+                    handler(message)
     except Exception:  # rolled back: the one-by-one pass reports what it was
         log.debug("batch of %d handled one by one consumer=%s", len(deliveries), route.name, exc_info=True)
         return False

@@ -63,36 +63,35 @@ def outbox_append_statement(model, message: Message, *, aggregate_id: str, when:
     same statement, returns a row: for a caller that writes a conditional change and the event
     it causes in one statement. The caller runs it in the current transaction; the relay is
     kicked when that commits."""
-    alias = _outbox_alias(model, message.SUBJECT)
     event_id, now = uuid.uuid4(), clock.now()
-    wire = message_envelope(message, event_id=str(event_id), occurred_at=now)
-    _kick_relay_on_commit(alias, model._meta.label)
-    return (f"INSERT INTO {connections[alias].ops.quote_name(model._meta.db_table)} ({_OUTBOX_COLUMNS})"
-            f" SELECT %s, %s, %s, %s::jsonb, %s, 0, '' FROM {when}",
-            [event_id, message.SUBJECT, aggregate_id, json.dumps(wire), now])
+    return _outbox_statement(model, message.SUBJECT, message_envelope(message, event_id=str(event_id), occurred_at=now),
+                             event_id=event_id, now=now, aggregate_id=aggregate_id, when=when)[1]
 
 
-_OUTBOX_COLUMNS = "id, subject, aggregate_id, payload, created_at, attempts, last_error"
+def _outbox_statement(model, subject: str, wire: dict, *, event_id: uuid.UUID, now, aggregate_id: str,
+                      when: str = "") -> tuple[str, tuple[str, list]]:
+    """(alias, the INSERT of one outbox row: its values, or, with `when`, a SELECT of them from that
+    WITH query); the relay is kicked when the caller's transaction commits.
 
-
-def _outbox_alias(model, subject: str) -> str:
+    Hot path (every handled message writes one or two): a plain INSERT instead of ORM create; the
+    payload is serialised as JSONField would (json.dumps, no custom encoder).
+    """
     alias = router.db_for_write(model)
     if not connections[alias].in_atomic_block:
         raise OutboxUsageError(f"outbox write ({subject}) outside a transaction on {alias!r}")
-    return alias
+    _kick_relay_on_commit(alias, model._meta.label)
+    source = f"SELECT %s, %s, %s, %s::jsonb, %s, 0, '' FROM {when}" if when else \
+        "VALUES (%s, %s, %s, %s::jsonb, %s, 0, '')"
+    return alias, (f"INSERT INTO {connections[alias].ops.quote_name(model._meta.db_table)}"
+                   f" (id, subject, aggregate_id, payload, created_at, attempts, last_error) {source}",
+                   [event_id, subject, aggregate_id, json.dumps(wire), now])
 
 
 def _outbox_insert(model, subject: str, wire: dict, *, event_id: uuid.UUID, now, aggregate_id: str) -> uuid.UUID:
-    alias = _outbox_alias(model, subject)
-    # Hot path (every handled message writes one or two): a plain INSERT instead of ORM create,
-    # sent with the transaction's next write when the caller batches them (a4co.db.writes_deferred);
-    # the payload is serialised as JSONField would (json.dumps, no custom encoder).
-    statement = (f"INSERT INTO {connections[alias].ops.quote_name(model._meta.db_table)} ({_OUTBOX_COLUMNS})"
-                 " VALUES (%s, %s, %s, %s::jsonb, %s, 0, '')",
-                 [event_id, subject, aggregate_id, json.dumps(wire), now])
+    # Sent with the transaction's next write when the caller batches them (a4co.db.writes_deferred).
+    alias, statement = _outbox_statement(model, subject, wire, event_id=event_id, now=now, aggregate_id=aggregate_id)
     if not statement_defer(alias, statement):
         sql_execute(alias, statement)
-    _kick_relay_on_commit(alias, model._meta.label)
     return event_id
 
 

@@ -321,12 +321,13 @@ def reservations_expire_sweep(*, limit: int = 200) -> int:
                    .order_by("expires_at")[:limit])
         # All their products at once, in product order: one reservation's after another's would
         # not be a global order, and a concurrent reserve or batch could deadlock with the sweep.
-        stock_locks_take(order_ids=[reservation.order_id for reservation in due], product_ids=[])
-        for reservation in due:
-            _stock_return(reservation, now, status=Reservation.Status.EXPIRED, reason="reservation expired")
-            _reservation_announce(reservation)
-            log.info("reservation expired orderId=%s reservationId=%s", reservation.order_id, reservation.id)
-            expired += 1
+        # The lines and products read for that serve the returns below (no second read).
+        with stock_batch_locked(order_ids=[reservation.order_id for reservation in due], product_ids=[]):
+            for reservation in due:
+                _stock_return(reservation, now, status=Reservation.Status.EXPIRED, reason="reservation expired")
+                _reservation_announce(reservation)
+                log.info("reservation expired orderId=%s reservationId=%s", reservation.order_id, reservation.id)
+                expired += 1
     return expired
 
 

@@ -15,10 +15,9 @@ locks); the state that makes retries safe is committed around them:
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from decimal import Decimal
 
-from django.db import IntegrityError, connections, transaction
+from django.db import connections, transaction
 
 from a4co import clock
 from a4co.db import mark_saved, sql_execute, sql_insert, sql_update_values, statements_run_together
@@ -41,20 +40,24 @@ def payment_prepare(*, order_id: str, customer_id: str, amount: Decimal, currenc
     Hot path: the first request is one autocommitted INSERT; a repeat (redelivery) finds the
     unique order id taken and reads the row that holds it.
     """
-    # Inside a caller's transaction the INSERT needs a savepoint to survive the conflict.
-    guard = transaction.atomic(using=DB) if transaction.get_connection(DB).in_atomic_block else nullcontext()
-    try:
-        with guard:
-            payment = Payment(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency.upper(),
-                              payment_method=payment_method)
-            sql_execute(DB, sql_insert([payment], DB))
-            mark_saved(DB, payment)
-        created = True
-    except IntegrityError:
-        payment, created = Payment.objects.using(DB).get(order_id=order_id), False
-    if not created:
+    payment = Payment(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency.upper(),
+                      payment_method=payment_method)
+    if not _payment_insert(payment):
+        payment = Payment.objects.using(DB).get(order_id=order_id)
         _differing_request_log(payment, amount, currency.upper())
     return payment
+
+
+def _payment_insert(payment: Payment) -> bool:
+    """Write a new payment row (one statement; autocommitted outside a transaction). False, and
+    nothing written, if the order has a row already (that one holds: one payment per order)."""
+    insert, params = sql_insert([payment], DB)
+    with connections[DB].cursor() as cursor:
+        cursor.execute(insert + " ON CONFLICT (order_id) DO NOTHING RETURNING 1", params)
+        created = cursor.fetchone() is not None
+    if created:
+        mark_saved(DB, payment)
+    return created
 
 
 def _differing_request_log(payment: Payment, amount: Decimal, currency: str) -> None:
@@ -98,12 +101,7 @@ def payment_open(*, order_id: str, customer_id: str, amount: Decimal, currency: 
         return payment, False
     payment = Payment(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency,
                       payment_method=payment_method, stripe_payment_intent_id=intent.id, attempts=1)
-    insert, params = sql_insert([payment], DB)
-    with connections[DB].cursor() as cursor:
-        cursor.execute(insert + " ON CONFLICT (order_id) DO NOTHING RETURNING 1", params)
-        created = cursor.fetchone() is not None
-    if created:
-        mark_saved(DB, payment)
+    if _payment_insert(payment):
         return payment, True
     payment = Payment.objects.using(DB).get(order_id=order_id)
     _differing_request_log(payment, amount, currency)

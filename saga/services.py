@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import transaction
 
 from a4co import clock
-from a4co.db import mark_saved, model_pair_select, model_pairs_select, sql_insert, sql_update, statements_run_together
+from a4co.db import mark_saved, model_pairs_select, sql_insert, sql_update, statements_run_together
 from a4co.errors import ApplicationError, NotFoundError
 from infra.consumers import current_event_id
 from infra.outbox import outbox_append
@@ -70,12 +70,18 @@ def _saga_with_order_locked(order_id: str) -> SagaInstance | None:
         saga = _batch.sagas.pop(str(order_uuid), None)
         if saga is not None:
             return saga
-    pair = model_pair_select(SagaInstance, Order, DB, on="s.id = f.order_id", where="f.order_id = %s",
-                             params=[order_uuid], tail="FOR UPDATE")
-    if pair is None:
-        return None
-    saga, saga.order = pair
-    return saga
+    sagas = _sagas_with_orders_locked("f.order_id = %s", [order_uuid])
+    return sagas[0] if sagas else None
+
+
+def _sagas_with_orders_locked(where: str, params: list, order_by: str = "") -> list[SagaInstance]:
+    """The sagas `where` selects, each with its `order`, both rows locked (FOR UPDATE)."""
+    sagas = []
+    for saga, order in model_pairs_select(SagaInstance, Order, DB, on="s.id = f.order_id", where=where,
+                                          params=params, tail=f"{order_by} FOR UPDATE"):
+        saga.order = order
+        sagas.append(saga)
+    return sagas
 
 
 @contextlib.contextmanager
@@ -92,13 +98,8 @@ def sagas_batch_locked(order_ids) -> Iterator[None]:
             wanted.add(uuid.UUID(str(order_id)))
         except ValueError:
             continue
-    sagas = {}
-    for saga, order in model_pairs_select(SagaInstance, Order, DB, on="s.id = f.order_id",
-                                          where="f.order_id = ANY(%s)", params=[sorted(wanted)],
-                                          tail="ORDER BY f.order_id FOR UPDATE"):
-        saga.order = order
-        sagas[str(order.id)] = saga
-    _batch.sagas = sagas
+    _batch.sagas = {str(saga.order_id): saga for saga in _sagas_with_orders_locked(
+        "f.order_id = ANY(%s)", [sorted(wanted)], order_by="ORDER BY f.order_id")}
     try:
         yield
     finally:
