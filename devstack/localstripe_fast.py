@@ -16,6 +16,13 @@ Patches applied before the server starts, to localstripe 1.15.x:
   endpoint, and by properties such as ``Charge.refunds`` that are computed on
   every PaymentIntent response) scanned every stored object; it now reads a
   per-type index, so a payment no longer slows down as the store grows.
+* Exports without ``dir()``. ``StripeObject._export`` (every response, every
+  event) called ``dir(self)`` to find the computed properties; the names a
+  class offers are now listed once per class. Same dictionaries out.
+* No webhook work without webhooks. Every event was serialised (indented,
+  sorted JSON) for delivery one second later, even with no webhook
+  registered; now delivery is scheduled only while one is registered.
+  Events are still created and stored (``GET /v1/events``).
 * Bound to one interface. Stock ``localstripe`` binds ``::`` (all
   interfaces) and has no host option; this launcher binds ``--host``
   (default 127.0.0.1) itself and hands the socket to aiohttp.
@@ -131,7 +138,7 @@ def patch_localstripe():
     """Apply the patches described in the module docstring; return the app."""
     from localstripe import resources, server
 
-    for name in ("Store", "store", "StripeObject", "List", "UserError"):
+    for name in ("Store", "store", "StripeObject", "List", "UserError", "schedule_webhook"):
         if not hasattr(resources, name):
             raise RuntimeError(
                 f"localstripe_fast: localstripe.resources.{name} not found; "
@@ -164,7 +171,58 @@ def patch_localstripe():
     # Subclasses reach this through super()._api_list_all(...), which looks
     # the attribute up on StripeObject at call time, so they all benefit.
     resources.StripeObject._api_list_all = classmethod(_api_list_all)
+    _patch_export(resources)
+    _patch_webhooks(resources)
     return server.app
+
+
+def _patch_export(resources):
+    """`StripeObject._export` without a `dir()` per call: `dir(obj)` is the instance's own
+    attributes plus its class's, and the instance's are read through `vars()` first anyway,
+    so the public names of the class are listed once per class and reused."""
+    stock = resources.StripeObject._export
+    StripeObject = resources.StripeObject
+    class_names: dict[type, list[str]] = {}
+
+    def _export(self, expand=None):
+        if expand:  # rare: the stock code, which also validates and expands
+            return stock(self, expand)
+        obj = {}
+        for key, value in vars(self).items():
+            if not key.startswith("_"):
+                if isinstance(value, StripeObject):
+                    obj[key] = value._export()
+                elif isinstance(value, list) and len(value) and isinstance(value[0], StripeObject):
+                    obj[key] = [item._export() for item in value]
+                elif isinstance(value, dict):
+                    obj[key] = value.copy()
+                else:
+                    obj[key] = value
+        cls = type(self)
+        names = class_names.get(cls)
+        if names is None:
+            names = class_names[cls] = [name for name in dir(cls) if not name.startswith("_")]
+        for prop in names:
+            if prop not in obj:
+                value = getattr(self, prop)
+                obj[prop] = value._export() if isinstance(value, StripeObject) else value
+        return obj
+
+    StripeObject._export = _export
+
+
+def _patch_webhooks(resources):
+    """Schedule an event's delivery only while a webhook is registered (the stock code
+    serialised every event for a delivery loop over no webhooks)."""
+    from localstripe import webhooks
+
+    stock = resources.schedule_webhook
+
+    def schedule_webhook(event):
+        if webhooks._webhooks:
+            stock(event)
+
+    resources.schedule_webhook = schedule_webhook
 
 
 def _bind(host, port):
