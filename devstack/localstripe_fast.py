@@ -23,6 +23,7 @@ Patches applied before the server starts, to localstripe 1.15.x:
   sorted JSON) for delivery one second later, even with no webhook
   registered; now delivery is scheduled only while one is registered.
   Events are still created and stored (``GET /v1/events``).
+* Compact JSON answers (stock: indented and key-sorted, for no client's benefit).
 * Bound to one interface. Stock ``localstripe`` binds ``::`` (all
   interfaces) and has no host option; this launcher binds ``--host``
   (default 127.0.0.1) itself and hands the socket to aiohttp.
@@ -173,6 +174,7 @@ def patch_localstripe():
     resources.StripeObject._api_list_all = classmethod(_api_list_all)
     _patch_export(resources)
     _patch_webhooks(resources)
+    _patch_answers(server)
     return server.app
 
 
@@ -209,6 +211,18 @@ def _patch_export(resources):
         return obj
 
     StripeObject._export = _export
+
+
+def _patch_answers(server):
+    """Compact JSON answers: the stock ones are indented and key-sorted, for no client's benefit."""
+    import json
+
+    from aiohttp import web
+
+    def json_response(*args, **kwargs):
+        return web.json_response(*args, dumps=lambda x: json.dumps(x, separators=(",", ":")), **kwargs)
+
+    server.json_response = json_response
 
 
 def _patch_webhooks(resources):

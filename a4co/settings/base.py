@@ -315,6 +315,13 @@ if ORDER_CREATE_THROTTLE_RATE and not re.fullmatch(r"[1-9]\d*/(s|sec|second|m|mi
     raise ImproperlyConfigured(
         f"ORDER_CREATE_THROTTLE_RATE must look like 600/minute, got {ORDER_CREATE_THROTTLE_RATE!r}")
 
+# Each web process keeps an API token's lookup (token + user) this long: a deleted token or a
+# deactivated user still gets through for up to this many seconds. 0: every request looks up
+# (the lookup was a tenth of the CPU of an order POST; docs/benchmarks.md).
+API_TOKEN_CACHE_SECONDS = float(env_str("API_TOKEN_CACHE_SECONDS", "5"))
+if API_TOKEN_CACHE_SECONDS < 0:
+    raise ImproperlyConfigured(f"API_TOKEN_CACHE_SECONDS must be 0 or more, got {API_TOKEN_CACHE_SECONDS}")
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

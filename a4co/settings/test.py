@@ -2,3 +2,6 @@
 from a4co.settings.base import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Tests change users and tokens between requests and expect the next request to see it;
+# tests/test_api_token_cache.py turns the cache on to test it.
+API_TOKEN_CACHE_SECONDS = 0

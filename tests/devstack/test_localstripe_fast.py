@@ -3,11 +3,15 @@ same dictionary as with stock localstripe, and events still reach a registered w
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from localstripe import resources, webhooks
 
 from devstack import localstripe_fast
+
+# localstripe.server registers plain-function handlers when imported: its own business.
+pytestmark = pytest.mark.filterwarnings("ignore:Bare functions are deprecated:DeprecationWarning")
 
 
 @pytest.fixture
@@ -64,3 +68,17 @@ def test_events_are_scheduled_only_while_a_webhook_is_registered(monkeypatch):
     webhooks.register_webhook("shop", "http://127.0.0.1:9/hook", "whsec_x", None)
     resources.schedule_webhook("event-2")
     assert scheduled == ["event-2"]
+
+
+def test_answers_are_compact_json_of_the_same_object(monkeypatch):
+    from localstripe import server
+
+    monkeypatch.setattr(server, "json_response", server.json_response)
+    body = {"id": "pi_1", "metadata": {"order_id": "o-1"}, "amount": 1250}
+    stock = server.json_response(body)
+    localstripe_fast._patch_answers(server)
+    compact = server.json_response(body)
+
+    assert json.loads(compact.body) == json.loads(stock.body) == body
+    assert compact.body == b'{"id":"pi_1","metadata":{"order_id":"o-1"},"amount":1250}'
+    assert compact.content_type == stock.content_type == "application/json"

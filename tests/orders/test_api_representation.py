@@ -52,3 +52,58 @@ def test_token_authentication_accepts_a_token_and_refuses_unknown_and_inactive_u
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
     answer = client.get("/api/v1/orders")
     assert answer.status_code == 401 and "inactive" in answer.json()["detail"]
+
+
+@pytest.fixture
+def token_cache(settings):
+    """API token lookups kept 5 s (the default outside tests), from an empty cache."""
+    from a4co.api import TokenAuthentication
+
+    settings.API_TOKEN_CACHE_SECONDS = 5
+    TokenAuthentication._known.clear()
+    yield
+    TokenAuthentication._known.clear()
+
+
+def test_a_token_lookup_is_kept_for_the_cache_time_then_looked_up_again(django_user_model, token_cache, clock):
+    user = django_user_model.objects.create(username="cached")
+    token = Token.objects.create(user=user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert client.get("/api/v1/orders").status_code == 200
+
+    user.is_active = False
+    user.save()
+    clock.advance(4)
+    assert client.get("/api/v1/orders").status_code == 200  # within the 5 s: the kept lookup
+    clock.advance(2)
+    answer = client.get("/api/v1/orders")
+    assert answer.status_code == 401 and "inactive" in answer.json()["detail"]
+
+    user.is_active = True
+    user.save()
+    assert client.get("/api/v1/orders").status_code == 200
+    token.delete()
+    clock.advance(6)
+    answer = client.get("/api/v1/orders")
+    assert answer.status_code == 401 and "Invalid token" in answer.json()["detail"]
+
+
+def test_an_unknown_token_is_not_kept(django_user_model, token_cache):
+    key = "a" * 40
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    assert client.get("/api/v1/orders").status_code == 401
+    Token.objects.create(user=django_user_model.objects.create(username="late"), key=key)
+    assert client.get("/api/v1/orders").status_code == 200  # no refusal was kept
+
+
+def test_without_a_cache_time_every_request_looks_up(django_user_model, settings):
+    settings.API_TOKEN_CACHE_SECONDS = 0
+    user = django_user_model.objects.create(username="uncached")
+    token = Token.objects.create(user=user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert client.get("/api/v1/orders").status_code == 200
+    token.delete()
+    assert client.get("/api/v1/orders").status_code == 401

@@ -12,7 +12,8 @@ class Command(BaseCommand):
         parser.add_argument("--staff", action="store_true",
                             help="Make the user staff (reads every order, manages stock and sagas).")
         parser.add_argument("--rotate", action="store_true",
-                            help="Replace the user's token with a new one: the old key stops working at once.")
+                            help="Replace the user's token with a new one: the old key stops working within "
+                                 "API_TOKEN_CACHE_SECONDS (each web process keeps a lookup that long).")
 
     def handle(self, *args, username: str, staff: bool, rotate: bool = False, **options):
         username = username.strip()
