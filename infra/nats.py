@@ -219,6 +219,7 @@ class NatsBridge:
                                         daemon=True)
         self._thread.start()
         self._nc = None
+        self._js = None  # (connection, its JetStreamContext): the publishes' one reply subscription
         self._lock = threading.Lock()
         # stream name -> when an atomic batch found it without allow_atomic (loop thread only)
         self._atomic_off: dict[str, float] = {}
@@ -273,16 +274,25 @@ class NatsBridge:
             return False
         return since is not None
 
+    def _jetstream(self, nc):
+        """The connection's one JetStreamContext. Each context subscribes to a reply subject of its
+        own at its first publish_async and never unsubscribes: one per call would leave a
+        subscription behind in this process and in the server for every batch ever relayed."""
+        if self._js is None or self._js[0] is not nc:
+            self._js = (nc, nc.jetstream())
+        return self._js[1]
+
     async def _publish_each(self, nc, items, indexes: Sequence[int], results: list, deadline: float) -> None:
         """Publish `items[indexes]` one JetStream publish each, pipelined, and wait for every PubAck
         until `deadline`. A duplicate PubAck carries the sequence the stream stored it under."""
         timeout = max(deadline - time.monotonic(), 0.001)
-        js = nc.jetstream(timeout=timeout)
+        js = self._jetstream(nc)
         futures = []
         for index in indexes:
             subject, data, msg_id = items[index]
             try:
-                futures.append(await js.publish_async(subject, data, headers={"Nats-Msg-Id": msg_id}))
+                futures.append(await js.publish_async(subject, data, headers={"Nats-Msg-Id": msg_id},
+                                                      wait_stall=max(deadline - time.monotonic(), 0.001)))
             except (nats.errors.Error, OSError) as exc:  # e.g. the connection closed under us
                 for later in indexes[len(futures):]:
                     results[later] = PublishResult(items[later][2], ok=False, error=f"not sent: {exc!r}")

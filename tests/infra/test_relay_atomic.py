@@ -261,3 +261,19 @@ def test_a_drain_stops_at_its_first_short_batch(jetstream):
     claims = [q for q in queries.captured_queries if "FOR UPDATE SKIP LOCKED" in q["sql"]]
     assert len(claims) == 3
     assert_stored_in_order("ORDERS", rows)
+
+
+def test_message_by_message_publishes_share_one_reply_subscription(jetstream, settings):
+    # Each JetStream context subscribes to a reply subject of its own, for good: one context per
+    # relayed batch left a subscription behind in the relay and in the server for every batch.
+    settings.RELAY_ATOMIC_BATCH_MIN = 1000
+    bridge = nats_bus.bridge()
+    for _ in range(3):
+        rows = outbox_rows(["orders.created"] * 2)
+        assert outbox_relay_drain().published == 2
+    subscriptions = len(bridge._nc._subs)
+    for _ in range(5):
+        outbox_rows(["orders.created"] * 2)
+        assert outbox_relay_drain().published == 2
+    assert len(bridge._nc._subs) == subscriptions
+    assert all(row.published_at is not None for row in refreshed(rows))
