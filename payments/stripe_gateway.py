@@ -13,13 +13,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import http.client
 import json
+import select
+import ssl
 import threading
 import urllib.parse
 import urllib.request
 
 import stripe
-import urllib3
 from django.conf import settings
 
 from a4co.errors import TransientError
@@ -50,46 +52,80 @@ class IntentState:
 _local = threading.local()
 
 
-class Urllib3Client(stripe.HTTPClient):
-    """stripe-python's HTTP client interface on a urllib3 connection pool.
+class KeepAliveClient(stripe.HTTPClient):
+    """stripe-python's HTTP client interface on kept-alive `http.client` connections, one per
+    host; one instance per thread (`_client`), so a connection is never shared.
 
-    stripe's default RequestsClient spent most of each call's CPU in requests' session layer
-    (merging settings, re-reading proxy variables, hooks). Same contract: `timeout` seconds to
-    connect and again to read, certificates verified against stripe's CA bundle, HTTPS_PROXY /
-    NO_PROXY honoured (read once), and any transport failure raised as stripe.APIConnectionError
-    (which `_call` turns into GatewayUnavailableError: the outcome is unknown, retry later).
+    Half the CPU per call of a urllib3 pool (which had replaced stripe's RequestsClient, whose
+    session layer cost more still; docs/benchmarks.md). Same contract: `timeout` seconds to
+    connect and again for each read, certificates verified against stripe's CA bundle,
+    HTTPS_PROXY / HTTP_PROXY / NO_PROXY honoured (read once), no retries, and any transport
+    failure raised as stripe.APIConnectionError (which `_call` turns into
+    GatewayUnavailableError: the outcome is unknown, retry later). A kept connection the server
+    has closed meanwhile is noticed before it is used and replaced, so an idle spell costs a
+    reconnect, not an unknown outcome.
     """
 
-    name = "urllib3"
+    name = "http.client"
 
     def __init__(self, *, timeout: float, base: str):
         super().__init__(verify_ssl_certs=True)
-        options = {"timeout": urllib3.Timeout(connect=timeout, read=timeout), "retries": False,
-                   "cert_reqs": "CERT_REQUIRED", "ca_certs": stripe.ca_bundle_path, "maxsize": 4}
-        parts = urllib.parse.urlsplit(base)
-        proxy = None if urllib.request.proxy_bypass_environment(parts.hostname or "") else (
-            urllib.request.getproxies_environment().get(parts.scheme))
-        self._pool = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+        self._timeout = timeout
+        self._tls = ssl.create_default_context(cafile=stripe.ca_bundle_path)
+        self._proxies = urllib.request.getproxies_environment()
+        self._connections: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+
+    def _proxy_for(self, scheme: str, host: str) -> urllib.parse.SplitResult | None:
+        proxy = None if urllib.request.proxy_bypass_environment(host, self._proxies) else self._proxies.get(scheme)
+        return urllib.parse.urlsplit(proxy) if proxy else None
+
+    def _connection(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
+        key = (scheme, host, port)
+        conn = self._connections.get(key)
+        if conn is not None and conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+            conn.close()  # readable while idle: the server closed it (or broke the protocol)
+        if conn is None:
+            proxy = self._proxy_for(scheme, host)
+            target = (proxy.hostname, proxy.port or 80) if proxy else (host, port)
+            if scheme == "https":
+                conn = http.client.HTTPSConnection(*target, timeout=self._timeout, context=self._tls)
+                if proxy:
+                    conn.set_tunnel(host, port)
+            else:
+                conn = http.client.HTTPConnection(*target, timeout=self._timeout)
+            conn.a4co_absolute_urls = bool(proxy) and scheme == "http"  # a plain proxy takes absolute URLs
+            self._connections[key] = conn
+        return conn
 
     def request(self, method, url, headers, post_data=None):
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme or "https"
+        conn = self._connection(scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80))
+        target = url if conn.a4co_absolute_urls else parts.path + (f"?{parts.query}" if parts.query else "")
         try:
-            response = self._pool.request(method.upper(), url, headers=dict(headers or {}), body=post_data,
-                                          redirect=False)
-        except urllib3.exceptions.HTTPError as exc:  # timeouts, refused or dropped connections, TLS
+            conn.request(method.upper(), target, body=post_data, headers=dict(headers or {}))
+            response = conn.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException) as exc:  # timeouts, refused or dropped connections, TLS
+            conn.close()
             raise stripe.APIConnectionError(
                 f"Unexpected error communicating with Stripe. (Network error: {type(exc).__name__}: {exc})",
-                should_retry=not isinstance(exc, urllib3.exceptions.SSLError)) from exc
-        return response.data, response.status, response.headers
+                should_retry=not isinstance(exc, ssl.SSLError)) from exc
+        if response.will_close:
+            conn.close()
+        return body, response.status, response.headers
 
     def request_stream(self, method, url, headers, post_data=None):
         raise NotImplementedError("streaming responses are not used here")
 
     def close(self):
-        self._pool.clear()
+        for conn in self._connections.values():
+            conn.close()
+        self._connections.clear()
 
 
 def _client() -> stripe.StripeClient:
-    # One client per thread (the requests session inside is not meant to be shared), rebuilt
+    # One client per thread (its kept connections are not meant to be shared), rebuilt
     # when the settings it was made from change.
     config = (settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.STRIPE_TIMEOUT_SECONDS)
     cached = getattr(_local, "client", None)
@@ -98,7 +134,7 @@ def _client() -> stripe.StripeClient:
             settings.STRIPE_SECRET_KEY,
             base_addresses={"api": settings.STRIPE_API_BASE},
             max_network_retries=0,
-            http_client=Urllib3Client(timeout=settings.STRIPE_TIMEOUT_SECONDS, base=settings.STRIPE_API_BASE),
+            http_client=KeepAliveClient(timeout=settings.STRIPE_TIMEOUT_SECONDS, base=settings.STRIPE_API_BASE),
         )
         cached = _local.client = (config, client)
     return cached[1]
