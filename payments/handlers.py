@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from a4co.money import MoneyError, to_minor_units
 from infra.consumers import handler_outside_transaction
 from infra.messages import MalformedMessageError
 from payments.messages import PaymentCancelRequest, PaymentProcessRequest, PaymentRefundRequest
@@ -30,6 +31,10 @@ def _order_id(message) -> str:
 def handle_payments_process_request(message: PaymentProcessRequest, *, effect) -> None:
     if not message.amount > 0:
         raise MalformedMessageError(f"{message.SUBJECT}: amount {message.amount} is not a positive amount")
+    try:
+        to_minor_units(message.amount, message.currency)
+    except MoneyError as exc:  # e.g. 0.001 EUR: Stripe charges whole cents, and no retry changes that
+        raise MalformedMessageError(f"{message.SUBJECT}: amount {message.amount} {message.currency}: {exc}") from exc
     payment, counted = payment_open(order_id=_order_id(message), customer_id=message.customer_id,
                                     amount=message.amount, currency=message.currency,
                                     payment_method=message.payment_method)

@@ -210,6 +210,8 @@ def test_mutated_valid_payloads_never_crash_and_rejected_ones_change_nothing(wor
     ("orders.created", {"orderId": "x" * 100}),                    # too long for the column: DataError
     ("payments.process_request", {"orderId": "\u001f"}),           # not an HTTP header value (idempotency key)
     ("payments.process_request", {"amount": "-1"}),                # check constraint: IntegrityError
+    ("payments.process_request", {"amount": "0.001"}),             # not whole cents: MoneyError
+    ("payments.process_request", {"amount": "1.5", "currency": "JPY"}),  # yen have no minor unit
     ("orders.cancelled", b"\x00"),                                 # NUL: the dead letter could not be stored
     ("orders.cancelled", b"[" * 100_000),                          # RecursionError out of the consumer
 ])
