@@ -149,10 +149,11 @@ def sql_insert(objs, using: str) -> tuple[str, list]:
 
 
 def statements_run_together(using: str, statements: list[tuple[str, list]], *, deferrable: bool = False) -> None:
-    """Run data-modifying statements in one round trip: all but the last become WITH clauses
-    (PostgreSQL runs each exactly once, to completion; the last may start with WITH queries of its
-    own, named other than w<n>). Same transaction semantics as running them one by one inside the
-    caller's transaction.
+    """Run data-modifying statements in one round trip: each becomes a WITH query of one statement
+    (PostgreSQL runs each exactly once, to completion), the last its final statement. A statement
+    may start with WITH queries of its own: name them other than w<n> and uniquely among the
+    statements that may travel together (they are hoisted into the one WITH list). Same
+    transaction semantics as running them one by one inside the caller's transaction.
 
     Writes queued by `statement_defer` on `using` go first, in the same statement. With
     `deferrable`, inside `writes_deferred` the statements are queued too (nothing in the
@@ -172,12 +173,42 @@ def _run_together(connection, statements: list[tuple[str, list]]) -> None:
     *first, (last_sql, last_params) = statements
     sql = last_sql
     if first:
-        clauses = ", ".join(f"w{i} AS ({s})" for i, (s, _) in enumerate(first))
-        # The last statement may have WITH queries of its own (named other than w<n>): one list.
-        sql = f"WITH {clauses}, {last_sql[5:]}" if last_sql.startswith("WITH ") else f"WITH {clauses} {last_sql}"
+        clauses = []
+        for i, (statement, _params) in enumerate(first):
+            # PostgreSQL takes a data-modifying WITH query only at the top level: a statement's
+            # own WITH queries join the list, ahead of the statement's body.
+            own, body = _with_split(statement)
+            clauses.append(f"{own}, w{i} AS ({body})" if own else f"w{i} AS ({body})")
+        own, body = _with_split(last_sql)
+        sql = f"WITH {', '.join(clauses)}{', ' + own if own else ''} {body}"
     params = [p for _, ps in first for p in ps] + list(last_params)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+
+
+def _with_split(sql: str) -> tuple[str, str]:
+    """("name AS (...), ...", the rest) of a statement that starts with WITH; ("", sql) otherwise.
+    Parentheses inside quoted literals or identifiers do not count."""
+    if not sql.startswith("WITH "):
+        return "", sql
+    depth, quote, end = 0, "", 5
+    for index in range(5, len(sql)):
+        char = sql[index]
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                end = index + 1
+                following = sql[end:].lstrip()
+                if not following.startswith(","):
+                    return sql[5:end], following
+    raise ValueError(f"a WITH statement without a body: {sql[:200]}")
 
 
 def statement_defer(using: str, statement: tuple[str, list]) -> bool:

@@ -20,7 +20,9 @@ messages are handled one by one as above, which gives each its own outcome.
 
 Handlers that must call an external service before writing (payments -> Stripe) are marked
 with `@handler_outside_transaction`: the runner calls them with an `effect` context manager
-and they open it themselves around their writes, after the external call.
+and they open it themselves around their writes, after the external call. Their route may
+batch too (`ConsumerRoute.batch_prepare`): the batch's external calls first, outside any
+transaction, then every message's writes in the batch's one transaction.
 
 The runner carries the operational concerns (threads, backoff, logging, graceful shutdown);
 a handler only handles.
@@ -31,6 +33,7 @@ import asyncio
 import contextlib
 import contextvars
 import enum
+import functools
 import json
 import logging
 import os
@@ -174,10 +177,12 @@ def delivery_handle(route: ConsumerRoute, *, subject: str, data: bytes, msg_id: 
 def deliveries_handle_together(route: ConsumerRoute, deliveries: list[Delivery]) -> bool:
     """Handle `deliveries` in stream order in one durable transaction (in a worker thread).
 
-    True: every one was handled and the transaction committed (ack them all). False: nothing was
-    written (a malformed message, one whose handler opens its own transaction, a duplicate, a
-    handler or database error): handle them one by one with delivery_handle, which sorts out
-    each one's outcome. Never raises.
+    True: every one was handled and the transaction committed (ack them all). False: the batch's
+    transaction wrote nothing (a malformed message, one whose handler opens its own transaction
+    on a route without `batch_prepare`, a duplicate, a handler or database error, a prepare that
+    failed or declined): handle them one by one with delivery_handle, which sorts out each one's
+    outcome. What a route's `batch_prepare` did before (external calls, its own committed
+    bookkeeping) stays; the one-by-one pass repeats it safely. Never raises.
     """
     connections_close_stale()
     prepared = []
@@ -187,21 +192,31 @@ def deliveries_handle_together(route: ConsumerRoute, deliveries: list[Delivery])
                                                          msg_id=delivery.msg_id)
         except MalformedMessageError:
             return False
-        if getattr(handler, "outside_transaction", False):
+        if getattr(handler, "outside_transaction", False) and not route.batch_prepare:
             return False
         prepared.append((delivery, message, event_id, handler))
+    messages = [message for _delivery, message, _event_id, _handler in prepared]
+    if route.batch_prepare:
+        try:
+            writes = import_string(route.batch_prepare)(messages)
+        except Exception:  # e.g. Stripe unavailable for one of them: one by one sorts it out
+            log.debug("batch of %d handled one by one consumer=%s", len(deliveries), route.name, exc_info=True)
+            return False
+        if writes is None:
+            return False
+    else:
+        writes = [functools.partial(handler, message) for _delivery, message, _event_id, handler in prepared]
     inbox_model = apps.get_model(route.inbox_model)
     alias = router.db_for_write(inbox_model)
     try:
-        messages = [message for _delivery, message, _event_id, _handler in prepared]
         with (transaction.atomic(using=alias, durable=True), writes_deferred(alias),
               import_string(route.batch_locks)(messages) if route.batch_locks else contextlib.nullcontext()):
-            for delivery, message, event_id, handler in prepared:
+            for (delivery, message, event_id, _handler), write in zip(prepared, writes, strict=True):
                 order_id = str(getattr(message, "order_id", ""))
                 with _handling(route, subject=delivery.subject, event_id=event_id, order_id=order_id):
                     inbox_record(inbox_model, consumer=route.name, event_id=event_id, subject=delivery.subject,
                                  aggregate_id=order_id, deliveries=delivery.num_delivered)
-                    handler(message)
+                    write()
     except Exception:  # rolled back: the one-by-one pass reports what it was
         log.debug("batch of %d handled one by one consumer=%s", len(deliveries), route.name, exc_info=True)
         return False
@@ -211,10 +226,11 @@ def deliveries_handle_together(route: ConsumerRoute, deliveries: list[Delivery])
 def route_handles_batches(route: ConsumerRoute) -> bool:
     """Whether `route`'s fetched batches go through deliveries_handle_together: the route allows
     it (ConsumerRoute.batch), every handler of its subjects runs inside the consumer's
-    transaction, and CONSUMER_BATCH_TRANSACTIONS is on."""
+    transaction or the route prepares its batches (ConsumerRoute.batch_prepare), and
+    CONSUMER_BATCH_TRANSACTIONS is on."""
     handlers = import_string(route.handlers)
     return settings.CONSUMER_BATCH_TRANSACTIONS and route.batch and all(
-        subject in handlers and not getattr(handlers[subject], "outside_transaction", False)
+        subject in handlers and (route.batch_prepare or not getattr(handlers[subject], "outside_transaction", False))
         for subject in route.consumer.subjects)
 
 

@@ -32,6 +32,12 @@ class ConsumerRoute:
     # the handlers until it exits (one SELECT for the batch instead of one per message).
     batch: bool = False
     batch_locks: str = ""
+    # For a route whose handlers call an external service before writing
+    # (@handler_outside_transaction): a dotted path to `prepare(messages)`, called outside any
+    # transaction, that does the batch's external calls and returns, per message, the function
+    # that writes its effect in the batch's transaction (or None: handle them one by one). If
+    # it raises, the messages are handled one by one, so what it did must be safe to repeat.
+    batch_prepare: str = ""
 
     @property
     def inbox_model(self) -> str:
@@ -52,6 +58,7 @@ class ConsumerRoute:
 
 INVENTORY_BATCH_LOCKS = "inventory.handlers.batch_rows_locked"
 SAGA_BATCH_LOCKS = "saga.handlers.batch_rows_locked"
+PAYMENTS_BATCH_PREPARE = "payments.handlers.batch_prepare"
 ROUTES = (
     ConsumerRoute(ConsumerSpec("inventory-service", "ORDERS",
                                ("orders.created", "orders.confirmed", "orders.cancelled")),
@@ -60,7 +67,7 @@ ROUTES = (
                   "inventory.handlers.HANDLERS", "inventory", batch=True, batch_locks=INVENTORY_BATCH_LOCKS),
     ConsumerRoute(ConsumerSpec("payment-service", "PAYMENTS",
                                ("payments.process_request", "payments.cancel_request", "payments.refund_request")),
-                  "payments.handlers.HANDLERS", "payments"),
+                  "payments.handlers.HANDLERS", "payments", batch=True, batch_prepare=PAYMENTS_BATCH_PREPARE),
     ConsumerRoute(ConsumerSpec("order-service-inventory", "INVENTORY",
                                ("inventory.reserved", "inventory.out_of_stock", "inventory.released")),
                   "saga.handlers.HANDLERS", "orders", batch=True, batch_locks=SAGA_BATCH_LOCKS),

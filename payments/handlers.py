@@ -2,7 +2,9 @@
 transaction (see infra.consumers.handler_outside_transaction)."""
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 
 from a4co.money import MoneyError, to_minor_units
 from infra.consumers import handler_outside_transaction
@@ -14,6 +16,7 @@ from payments.services import (
     payment_outcome_announce,
     payment_outcome_store,
     payment_settle,
+    payments_charge_outcomes,
 )
 
 # Order ids name Stripe idempotency keys (an HTTP header) and metadata: identifiers only.
@@ -27,23 +30,48 @@ def _order_id(message) -> str:
     return message.order_id
 
 
-@handler_outside_transaction
-def handle_payments_process_request(message: PaymentProcessRequest, *, effect) -> None:
+def _charge_request(message: PaymentProcessRequest) -> dict:
+    """payment_open's arguments for the request; MalformedMessageError for one no retry can charge."""
     if not message.amount > 0:
         raise MalformedMessageError(f"{message.SUBJECT}: amount {message.amount} is not a positive amount")
     try:
         to_minor_units(message.amount, message.currency)
     except MoneyError as exc:  # e.g. 0.001 EUR: Stripe charges whole cents, and no retry changes that
         raise MalformedMessageError(f"{message.SUBJECT}: amount {message.amount} {message.currency}: {exc}") from exc
-    payment, counted = payment_open(order_id=_order_id(message), customer_id=message.customer_id,
-                                    amount=message.amount, currency=message.currency,
-                                    payment_method=message.payment_method)
+    return {"order_id": _order_id(message), "customer_id": message.customer_id, "amount": message.amount,
+            "currency": message.currency, "payment_method": message.payment_method}
+
+
+def _outcome_write(payment, outcome: dict | None) -> None:
+    if outcome:
+        payment_outcome_store(payment=payment, outcome=outcome)
+    else:
+        payment_outcome_announce(payment=payment)
+
+
+@handler_outside_transaction
+def handle_payments_process_request(message: PaymentProcessRequest, *, effect) -> None:
+    payment, counted = payment_open(**_charge_request(message))
     payment, outcome = payment_charge_outcome(payment=payment, attempt_counted=counted)
     with effect():
-        if outcome:
-            payment_outcome_store(payment=payment, outcome=outcome)
-        else:
-            payment_outcome_announce(payment=payment)
+        _outcome_write(payment, outcome)
+
+
+def batch_prepare(messages: list) -> list[Callable[[], None]] | None:
+    """A fetched batch of charge requests (ConsumerRoute.batch_prepare): their Stripe calls side
+    by side (payments_charge_outcomes), then, per request, the write of its outcome for the
+    batch's transaction. None (handle them one by one) unless every message is a charge request
+    for an order of its own. Raises what payments_charge_outcomes raises, and
+    MalformedMessageError for a request no retry can charge: the runner then handles them one by
+    one, which repeats safely what was done.
+    """
+    if not all(isinstance(message, PaymentProcessRequest) for message in messages):
+        return None
+    requests = [_charge_request(message) for message in messages]
+    if len({request["order_id"] for request in requests}) != len(requests):
+        return None
+    return [functools.partial(_outcome_write, payment, outcome)
+            for payment, outcome in payments_charge_outcomes(requests)]
 
 
 @handler_outside_transaction

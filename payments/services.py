@@ -11,12 +11,18 @@ locks); the state that makes retries safe is committed around them:
    the confirm); the Stripe idempotency keys derive from the order id;
 3. the outcome is written, and the event announced, in the consumer's effect transaction, only
    while the payment is still open (`payment_outcome_store`).
+A fetched batch of charge requests takes the same steps, each for the whole batch
+(`payments_charge_outcomes`): its intents created side by side, its rows in one INSERT, its
+intents confirmed side by side, its outcomes stored in one transaction.
 """
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import connections, transaction
 
 from a4co import clock
@@ -51,13 +57,7 @@ def payment_prepare(*, order_id: str, customer_id: str, amount: Decimal, currenc
 def _payment_insert(payment: Payment) -> bool:
     """Write a new payment row (one statement; autocommitted outside a transaction). False, and
     nothing written, if the order has a row already (that one holds: one payment per order)."""
-    insert, params = sql_insert([payment], DB)
-    with connections[DB].cursor() as cursor:
-        cursor.execute(insert + " ON CONFLICT (order_id) DO NOTHING RETURNING 1", params)
-        created = cursor.fetchone() is not None
-    if created:
-        mark_saved(DB, payment)
-    return created
+    return bool(_payments_insert([payment]))
 
 
 def _differing_request_log(payment: Payment, amount: Decimal, currency: str) -> None:
@@ -83,39 +83,124 @@ def payment_open(*, order_id: str, customer_id: str, amount: Decimal, currency: 
     reached, the row is written without an intent (the request is on record, ops see it) and
     GatewayUnavailableError is raised, unless the payment is settled already.
     """
-    currency = currency.upper()
+    request = {"order_id": order_id, "customer_id": customer_id, "amount": amount, "currency": currency.upper(),
+               "payment_method": payment_method}
+    return _payment_open_with(_intent_open(request), request)
+
+
+def _intent_open(request: dict) -> gateway.IntentState | gateway.GatewayRejectedError | gateway.GatewayUnavailableError:
+    """The unconfirmed PaymentIntent for a charge request (payment_open's kwargs, currency in
+    upper case), or the gateway error that refused it: returned, not raised, so that a batch can
+    create its intents concurrently and sort the answers out afterwards."""
     try:
-        intent = gateway.payment_intent_create(
-            amount_minor=to_minor_units(amount, currency), currency=currency, payment_method=payment_method,
-            order_id=order_id, customer_id=customer_id, idempotency_key=f"a4co-order-{order_id}-create")
-    except gateway.GatewayRejectedError:
-        return payment_prepare(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency,
-                               payment_method=payment_method), False
-    except gateway.GatewayUnavailableError:
+        return gateway.payment_intent_create(
+            amount_minor=to_minor_units(request["amount"], request["currency"]), currency=request["currency"],
+            payment_method=request["payment_method"], order_id=request["order_id"],
+            customer_id=request["customer_id"], idempotency_key=f"a4co-order-{request['order_id']}-create")
+    except (gateway.GatewayRejectedError, gateway.GatewayUnavailableError) as exc:
+        return exc
+
+
+def _payment_open_with(intent, request: dict) -> tuple[Payment, bool]:
+    """payment_open once Stripe has answered the intent's creation (`_intent_open`)."""
+    if isinstance(intent, gateway.GatewayRejectedError):
+        return payment_prepare(**request), False
+    if isinstance(intent, gateway.GatewayUnavailableError):
         # The request is on record (and shown to ops) while Stripe is away; the retry stores its
         # intent on this row. A payment settled already (a cancel came first) needs no Stripe.
-        payment = payment_prepare(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency,
-                                  payment_method=payment_method)
+        payment = payment_prepare(**request)
         if payment.status in OPEN:
-            raise
+            raise intent
         return payment, False
-    payment = Payment(order_id=order_id, customer_id=customer_id, amount=amount, currency=currency,
-                      payment_method=payment_method, stripe_payment_intent_id=intent.id, attempts=1)
+    payment = Payment(**request, stripe_payment_intent_id=intent.id, attempts=1)
     if _payment_insert(payment):
         return payment, True
-    payment = Payment.objects.using(DB).get(order_id=order_id)
-    _differing_request_log(payment, amount, currency)
+    return _payment_taken(payment, intent.id)
+
+
+def _payment_taken(new: Payment, intent_id: str) -> tuple[Payment, bool]:
+    """payment_open for an order whose row was there already: `new` (with its fresh intent) lost."""
+    payment = Payment.objects.using(DB).get(order_id=new.order_id)
+    _differing_request_log(payment, new.amount, new.currency)
     if payment.status in OPEN and not payment.stripe_payment_intent_id:
-        if _intent_store(payment, intent.id):
+        if _intent_store(payment, intent_id):
             return payment, True
         payment = Payment.objects.using(DB).get(id=payment.id)  # it moved on meanwhile
-    if payment.stripe_payment_intent_id != intent.id:
+    if payment.stripe_payment_intent_id != intent_id:
         try:
-            gateway.payment_intent_cancel(intent_id=intent.id)
+            gateway.payment_intent_cancel(intent_id=intent_id)
         except (gateway.GatewayUnavailableError, gateway.GatewayRejectedError):  # unconfirmed: charges nothing
-            log.warning("could not cancel a spare PaymentIntent orderId=%s intent=%s", order_id, intent.id,
+            log.warning("could not cancel a spare PaymentIntent orderId=%s intent=%s", new.order_id, intent_id,
                         exc_info=True)
     return payment, False
+
+
+def payments_charge_outcomes(requests: list[dict]) -> list[tuple[Payment, dict | None]]:
+    """payment_open then payment_charge_outcome for several orders (`requests`: payment_open's
+    kwargs, each for a different order), in order: the batch's PaymentIntents are created, and
+    then confirmed, concurrently (STRIPE_CONCURRENCY calls at a time), and the rows of the new
+    payments are written by one autocommitted INSERT. What each returns is stored, as for one,
+    with payment_outcome_store in the caller's transaction.
+
+    Raises GatewayUnavailableError if Stripe could not give any one of them an answer; what was
+    written stays (rows with their intents, attempts counted) and every step is safe to repeat
+    one order at a time (payment_open finds the row and cancels the spare intent it made;
+    payment_charge_outcome confirms the stored intent).
+    """
+    requests = [{**request, "currency": request["currency"].upper()} for request in requests]
+    intents = list(_stripe_pool().map(_intent_open, requests))
+    fresh = [Payment(**request, stripe_payment_intent_id=intent.id, attempts=1)
+             for request, intent in zip(requests, intents, strict=True) if isinstance(intent, gateway.IntentState)]
+    inserted = _payments_insert(fresh)
+    opened, unavailable = [], None
+    for request, intent in zip(requests, intents, strict=True):
+        row = inserted.get(request["order_id"])
+        if row is not None:
+            opened.append((row, True))
+        elif isinstance(intent, gateway.IntentState):
+            opened.append(_payment_taken(Payment(**request), intent.id))
+        else:
+            try:
+                opened.append(_payment_open_with(intent, request))
+            except gateway.GatewayUnavailableError as exc:  # every request goes on record first
+                unavailable = unavailable or exc
+    if unavailable is not None:
+        raise unavailable
+    # Confirming a fresh row's intent is Stripe alone; the others count their attempt first (a write).
+    plain = [index for index, (payment, counted) in enumerate(opened)
+             if counted and payment.stripe_payment_intent_id and payment.status in OPEN]
+    confirmed = dict(zip(plain, _stripe_pool().map(
+        lambda index: payment_charge_outcome(payment=opened[index][0], attempt_counted=True), plain), strict=True))
+    return [confirmed[index] if index in confirmed else payment_charge_outcome(payment=payment, attempt_counted=counted)
+            for index, (payment, counted) in enumerate(opened)]
+
+
+def _payments_insert(payments: list[Payment]) -> dict[str, Payment]:
+    """Write new payment rows in one autocommitted INSERT; returns those written, by order id
+    (an order that has a row already keeps it: ON CONFLICT DO NOTHING)."""
+    if not payments:
+        return {}
+    insert, params = sql_insert(payments, DB)
+    with connections[DB].cursor() as cursor:
+        cursor.execute(insert + " ON CONFLICT (order_id) DO NOTHING RETURNING order_id", params)
+        written = {row[0] for row in cursor.fetchall()}
+    rows = {payment.order_id: payment for payment in payments if payment.order_id in written}
+    for payment in rows.values():
+        mark_saved(DB, payment)
+    return rows
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _stripe_pool() -> ThreadPoolExecutor:
+    # Threads that only wait on Stripe (no database): a batch's calls overlap instead of queueing.
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(settings.STRIPE_CONCURRENCY, thread_name_prefix="stripe")
+        return _pool
 
 
 def _intent_store(payment: Payment, intent_id: str) -> bool:
@@ -231,9 +316,11 @@ def payment_outcome_store(*, payment: Payment, outcome: dict) -> None:
     if message is None:  # still open (3-D Secure): nothing to announce yet
         statements_run_together(DB, [(update, params)], deferrable=True)
         return
+    # Named after the payment: a batch's outcome statements travel together (one WITH list).
+    stored = f"stored_{payment.id.hex}"
     insert, insert_params = outbox_append_statement(OutboxMessage, message, aggregate_id=payment.order_id,
-                                                    when="stored")
-    statements_run_together(DB, [(f"WITH stored AS ({update} RETURNING 1) {insert}", [*params, *insert_params])],
+                                                    when=stored)
+    statements_run_together(DB, [(f"WITH {stored} AS ({update} RETURNING 1) {insert}", [*params, *insert_params])],
                             deferrable=True)
 
 

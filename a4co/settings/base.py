@@ -259,6 +259,11 @@ CELERY_BEAT_SCHEDULE = {
 STRIPE_API_BASE = env_str("STRIPE_API_BASE", "http://127.0.0.1:18420")
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "sk_test_localstripe")
 STRIPE_TIMEOUT_SECONDS = env_int("STRIPE_TIMEOUT_SECONDS", 10)
+# Stripe calls a consumer process makes at once for a batch of charge requests (their intents
+# created, then confirmed, side by side; payments.services.payments_charge_outcomes).
+STRIPE_CONCURRENCY = env_int("STRIPE_CONCURRENCY", 8)
+if STRIPE_CONCURRENCY < 1:
+    raise ImproperlyConfigured(f"STRIPE_CONCURRENCY must be 1 or more, got {STRIPE_CONCURRENCY}")
 # Signing secret of the webhook endpoint (whsec_...); the endpoint answers 503 while it is unset.
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)

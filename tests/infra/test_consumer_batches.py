@@ -86,9 +86,9 @@ def test_a_batch_with_anything_not_plain_writes_nothing_and_goes_one_by_one(api,
 def test_which_routes_batch(settings):
     by_key = {route.key: route_handles_batches(route) for route in ROUTES}
     # The saga's routes lock their own order's rows only; inventory's take their shared product
-    # rows first (batch_locks); payments call Stripe outside the transaction.
+    # rows first (batch_locks); payments make their Stripe calls first (batch_prepare).
     assert by_key == {"inventory-service@ORDERS": True, "inventory-service@INVENTORY": True,
-                      "payment-service@PAYMENTS": False, "order-service-inventory@INVENTORY": True,
+                      "payment-service@PAYMENTS": True, "order-service-inventory@INVENTORY": True,
                       "order-service-payment@PAYMENTS": True}
     settings.CONSUMER_BATCH_TRANSACTIONS = False
     assert not any(route_handles_batches(route) for route in ROUTES)

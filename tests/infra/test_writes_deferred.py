@@ -114,3 +114,25 @@ def test_needs_an_atomic_block_and_does_not_nest():
         pass
     with pytest.raises(RuntimeError), transaction.atomic(using=DB), writes_deferred(DB), writes_deferred(DB):
         pass
+
+
+def test_statements_with_with_queries_of_their_own_travel_together():
+    # Each INSERTs an outbox row only if its own data-modifying WITH query wrote something; the
+    # three go out as one statement (PostgreSQL wants every data-modifying WITH at the top level).
+    table = connections[DB].ops.quote_name(InventoryOutbox._meta.db_table)
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+
+    def guarded(n: int, write: bool) -> tuple[str, list]:
+        guard = f"g_{n}"
+        return (f"WITH {guard} AS (INSERT INTO {table} (id, subject, aggregate_id, payload, created_at, attempts, "
+                f"last_error) SELECT %s, 'probe', 'o', '{{\"text\": \"a ) ( paren\"}}'::jsonb, now(), 0, '' "
+                f"WHERE %s RETURNING 1) INSERT INTO {table} (id, subject, aggregate_id, payload, created_at, attempts, "
+                f"last_error) SELECT %s, 'after', 'o', '{{}}'::jsonb, now(), 0, '' FROM {guard}",
+                [str(uuid.uuid4()), write, ids[n]])
+
+    sent = _commands_sent(lambda: statements_run_together(
+        DB, [guarded(0, True), guarded(1, False), guarded(2, True)]))
+    assert sent.count("\tParse\t") + sent.count("\tQuery\t") == 1, sent
+    after = set(InventoryOutbox.objects.using(DB).filter(subject="after").values_list("id", flat=True))
+    assert {str(i) for i in after} == {ids[0], ids[2]}
+    assert InventoryOutbox.objects.using(DB).filter(subject="probe", payload__text="a ) ( paren").count() == 2
