@@ -1,4 +1,5 @@
-"""loadtest's CPU accounting: processes that leave their process group still count."""
+"""loadtest's own mechanics: its CPU accounting (processes that leave their process group still
+count) and its kept-alive client connections."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,8 @@ import subprocess
 import sys
 import time
 
-from infra.loadtest import _process_groups
+from infra.loadtest import LoadTest, _process_groups
+from tests.helpers import FakeServer, http_request_read, wait_until
 
 BURN = """
 import os, sys, time
@@ -37,3 +39,27 @@ def test_a_child_that_called_setsid_counts_in_its_ancestors_tracked_group():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_client_connection_the_server_closed_while_idle_is_replaced_before_use():
+    body = b'{"orderId": "o-1"}'
+    answer = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body), body)
+
+    def answer_once(conn, seen):  # one answer per connection, then it hangs up
+        seen.append(http_request_read(conn))
+        conn.sendall(answer)
+
+    server = FakeServer(answer_once)
+    try:
+        load = LoadTest(base_url=f"http://127.0.0.1:{server.port}", orders=1, concurrency=1, rate=None,
+                        mix={"ok": 1}, seed=1, state_path=None, timeout=5, progress=None)
+        load._headers = {"Content-Type": "application/json"}
+        for n in range(3):
+            wait_until(lambda n=n: server.closed == n, timeout=5)
+            assert load._request("POST", "/api/v1/orders", {"n": n}) == (201, {"orderId": "o-1"})
+        assert server.connections == 3
+        assert [request.split(b"\r\n")[0] for request in server.seen] == [b"POST /api/v1/orders HTTP/1.1"] * 3
+        assert all(request.endswith(b'{"n": %d}' % n) for n, request in enumerate(server.seen))
+    finally:
+        server.close()

@@ -24,7 +24,8 @@ def test_loadtest_drives_the_api_and_every_saga_ends_right(system, tmp_path, mod
     latency = report["latency_ms"]
     assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
     assert report["sagas_per_second"] > 0 and "loadtest" in report["cpu_seconds"]
-    # What PostgreSQL wrote: every saga commits several write transactions (order, reservation,
-    # payment, saga steps, outbox and inbox rows) and some kilobytes of WAL.
+    # What PostgreSQL wrote: every saga commits its order's write transaction, and its share of the
+    # others (reservation, payment, saga steps, outbox and inbox rows: one per batch of messages
+    # under load), and some kilobytes of WAL.
     counts = report["postgres_per_saga"]
-    assert 3 <= counts["write transactions"] <= 40 and 1_000 < counts["WAL bytes"] < 200_000
+    assert 1 <= counts["write transactions"] <= 40 and 1_000 < counts["WAL bytes"] < 200_000

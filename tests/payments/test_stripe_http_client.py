@@ -4,63 +4,21 @@ as 'outcome unknown' (GatewayUnavailableError)."""
 from __future__ import annotations
 
 import socket
-import threading
 import urllib.parse
 
 import pytest
 import stripe
 
 from payments import stripe_gateway as gateway
-from tests.helpers import wait_until
+from tests.helpers import FakeServer, http_request_read, wait_until
 from tests.tls import certificates_make, tls_proxy
-
-
-class FakeServer:
-    """A plain TCP server on a thread: each accepted connection is handed to `serve(sock, seen)`,
-    which appends what it read to `seen`."""
-
-    def __init__(self, serve):
-        self.seen: list[bytes] = []
-        self.connections = 0
-        self.closed = 0
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen()
-        self.port = self._listener.getsockname()[1]
-        self._serve = serve
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with conn:
-                self._serve(conn, self.seen)
-            self.closed += 1
-
-    def close(self):
-        self._listener.close()
-
-
-def _read_request(conn) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
 
 BODY = b'{"id": "pi_123", "object": "payment_intent"}'
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
 
 
 def _answer_once(conn, seen):
-    seen.append(_read_request(conn).split(b"\r\n")[0])
+    seen.append(http_request_read(conn).split(b"\r\n")[0])
     conn.sendall(ANSWER)  # keep-alive by HTTP/1.1 rules, then the socket is closed anyway
 
 
@@ -95,7 +53,7 @@ def test_a_plain_proxy_from_the_environment_gets_absolute_urls_unless_no_proxy_n
 
 def test_https_through_a_proxy_asks_it_for_a_tunnel_to_the_stripe_host(no_proxy_env):
     def refuse(conn, seen):
-        seen.append(_read_request(conn).split(b"\r\n")[0])
+        seen.append(http_request_read(conn).split(b"\r\n")[0])
         conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
 
     proxy = FakeServer(refuse)
