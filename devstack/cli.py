@@ -335,7 +335,8 @@ def _run_supervised(
             return 1
 
     for name, template in procfile.PROCESSES.items():
-        spec = ProcessSpec(name=name, argv=_command(template, context), cwd=str(REPO), env=env)
+        spec = ProcessSpec(name=name, argv=_command(template, context) + procfile.argv_extra(name), cwd=str(REPO),
+                           env=env)
         sup.start(sup.add(spec, "app"))
     if state is not None:
         state.ready = True

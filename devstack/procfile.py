@@ -13,6 +13,7 @@ these placeholders are filled in, so paths with spaces are safe:
 Commands run from the repository root with DATABASE_URL, NATS_URL,
 CELERY_BROKER_URL and STRIPE_API_BASE in their environment.
 """
+import os
 
 SETUP_STEPS = {
     "migrate": "{python} manage.py migrate_all",
@@ -28,7 +29,7 @@ PROCESSES = {
     # run) would fight over; the devstack does not use it.
     "web": (
         "{python} -m gunicorn a4co.wsgi:application --bind 127.0.0.1:{port}"
-        " --workers 2 --threads 4 --access-logfile - --no-control-socket"
+        " --workers 2 --threads 4 --no-control-socket"
     ),
     "worker": (
         "{python} -m celery -A a4co worker --loglevel INFO --concurrency 2"
@@ -37,3 +38,16 @@ PROCESSES = {
     "beat": "{python} -m celery -A a4co beat --loglevel INFO --schedule {datadir}/celerybeat-schedule",
     "consumers": "{python} manage.py run_consumers",
 }
+
+
+def argv_extra(name: str) -> list[str]:
+    """Arguments the environment adds to ``PROCESSES[name]``.
+
+    ``DEVSTACK_WEB_ACCESS_LOG=1``: gunicorn logs a line per request. Off by default, like the
+    Stripe stand-in's (``DEVSTACK_STRIPE_ACCESS_LOG``): under load a line per request is CPU
+    of the web process and of the devstack that relays its output, counted in every benchmark
+    (docs/benchmarks.md). Errors are logged either way (Django's own loggers).
+    """
+    if name == "web" and os.environ.get("DEVSTACK_WEB_ACCESS_LOG") == "1":
+        return ["--access-logfile", "-"]
+    return []
