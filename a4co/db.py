@@ -222,6 +222,15 @@ def statement_defer(using: str, statement: tuple[str, list]) -> bool:
     return True
 
 
+def writes_flush(using: str) -> None:
+    """Send the writes queued inside `writes_deferred` on `using` now, in one statement, so that
+    what the transaction reads next sees them. Nothing to do outside one, or with none queued."""
+    queued = getattr(connections[using], "_a4co_deferred", None)
+    if queued:
+        statements, queued[:] = list(queued), []
+        _run_together(connections[using], statements)
+
+
 @contextlib.contextmanager
 def writes_deferred(using: str) -> Iterator[None]:
     """Inside an atomic block on `using`: queued writes (statement_defer, deferrable

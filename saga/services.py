@@ -9,8 +9,10 @@ engine, and writes the new state, the step log, the order's status and the outgo
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import threading
 import uuid
@@ -20,7 +22,7 @@ from django.conf import settings
 from django.db import transaction
 
 from a4co import clock
-from a4co.db import mark_saved, model_pairs_select, sql_insert, sql_update, statements_run_together
+from a4co.db import mark_saved, model_pairs_select, sql_insert, sql_update, statements_run_together, writes_flush
 from a4co.errors import ApplicationError, NotFoundError
 from infra.consumers import current_event_id
 from infra.outbox import outbox_append
@@ -70,6 +72,9 @@ def _saga_with_order_locked(order_id: str) -> SagaInstance | None:
         saga = _batch.sagas.pop(str(order_uuid), None)
         if saga is not None:
             return saga
+    # saga_apply's writes may be queued (writes_deferred): a second event of an order in one
+    # transaction must read what the first one wrote.
+    writes_flush(DB)
     sagas = _sagas_with_orders_locked("f.order_id = %s", [order_uuid])
     return sagas[0] if sagas else None
 
@@ -214,12 +219,18 @@ def saga_apply(*, order_id: str, trigger: Trigger, reason: str = "", event_id: s
     for effect in decision.effects:
         _effect_emit(effect, order=order, decision=decision, now=now)
     order.updated_at = now
-    # The saga's new state, its step log and the order in one round trip (hot path: every event).
+    # The saga's new state, its step log and the order in one round trip (hot path: every event);
+    # inside writes_deferred (a consumer's transaction) they wait for its end and go out with the
+    # other writes of the transaction (a batch's: all its events in one statement). Nothing reads
+    # them back before: a second event of the order reads its saga again (_saga_with_order_locked
+    # sends what is queued first).
     statements_run_together(DB, [sql_update(saga, SagaInstance.STATE_FIELDS, DB), sql_insert(steps, DB),
-                                 sql_update(order, ORDER_SAGA_FIELDS, DB)])
-    log.info("saga moved orderId=%s sagaId=%s trigger=%s %s -> %s effects=%s eventId=%s",
-             order_id, saga.id, trigger, before.status, decision.state.status,
-             ",".join(decision.effects) or "-", event_id)
+                                 sql_update(order, ORDER_SAGA_FIELDS, DB)], deferrable=True)
+    # Logged once it is true: a duplicate delivery is refused only when the queued writes go out.
+    transaction.on_commit(functools.partial(
+        contextvars.copy_context().run, log.info,
+        "saga moved orderId=%s sagaId=%s trigger=%s %s -> %s effects=%s eventId=%s", order_id, saga.id, trigger,
+        before.status, decision.state.status, ",".join(decision.effects) or "-", event_id), using=DB)
     return SagaResult(decision=decision, order=order)
 
 

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from django.db import IntegrityError, connections, transaction
 
-from a4co.db import statement_defer, statements_run_together, writes_deferred
+from a4co.db import statement_defer, statements_run_together, writes_deferred, writes_flush
 from infra.outbox import DuplicateDeliveryError, inbox_conflict, inbox_record, outbox_append
 from inventory.messages import InventoryOutOfStock
 from inventory.models import InboxMessage
@@ -136,3 +136,15 @@ def test_statements_with_with_queries_of_their_own_travel_together():
     after = set(InventoryOutbox.objects.using(DB).filter(subject="after").values_list("id", flat=True))
     assert {str(i) for i in after} == {ids[0], ids[2]}
     assert InventoryOutbox.objects.using(DB).filter(subject="probe", payload__text="a ) ( paren").count() == 2
+
+
+def test_writes_flush_sends_what_is_queued_so_that_the_transaction_reads_it():
+    event_id = str(uuid.uuid4())
+    with transaction.atomic(using=DB, durable=True), writes_deferred(DB):
+        _record(event_id)
+        assert not InboxMessage.objects.using(DB).filter(event_id=event_id).exists()
+        writes_flush(DB)
+        assert InboxMessage.objects.using(DB).filter(event_id=event_id).exists()  # in this transaction
+        writes_flush(DB)  # nothing queued: nothing sent
+    assert InboxMessage.objects.using(DB).filter(event_id=event_id).count() == 1
+    writes_flush(DB)  # outside writes_deferred: nothing to do

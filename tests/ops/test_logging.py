@@ -107,11 +107,15 @@ def test_the_process_kind_comes_from_the_command_line(argv, kind, monkeypatch):
 
 
 @pytest.mark.django_db(databases=ALL_DATABASES)
-def test_every_line_of_a_saga_run_by_the_consumers_carries_its_ids(api, json_lines):
+def test_every_line_of_a_saga_run_by_the_consumers_carries_its_ids(api, json_lines,
+                                                                   django_capture_on_commit_callbacks):
     ProductFactory(product_id="oil", available_quantity=10)
     response = api.post("/api/v1/orders", order_body(("oil", 2, "12.50")), format="json")
     order_id = response.json()["orderId"]
-    pump()
+    # The saga logs a move once its transaction commits (this test's never does: run the hooks),
+    # with the ids of the message that moved it.
+    with django_capture_on_commit_callbacks(using="orders", execute=True):
+        pump()
     lines = [line for line in json_lines() if line["logger"].startswith(("saga", "inventory", "payments", "orders",
                                                                          "infra.consumers"))]
     assert len(lines) >= 6  # each consumer's "handled" (DEBUG), the saga's moves, ...
@@ -123,6 +127,29 @@ def test_every_line_of_a_saga_run_by_the_consumers_carries_its_ids(api, json_lin
     assert moves and all(line.get("sagaId") and line.get("consumer") in ("order-service-inventory",
                                                                           "order-service-payment")
                          for line in moves)
+
+
+@pytest.mark.django_db(databases=ALL_DATABASES)
+def test_a_duplicate_delivery_logs_no_saga_move(api, caplog, django_capture_on_commit_callbacks):
+    from infra.consumers import Outcome, delivery_handle
+    from infra.streams import ROUTES
+    from tests.pump import pending_rows
+
+    route = next(r for r in ROUTES if r.key == "order-service-inventory@INVENTORY")
+    ProductFactory(product_id="oil", available_quantity=10)
+    assert api.post("/api/v1/orders", order_body(("oil", 1, "2.00")), format="json").status_code == 201
+    pump(only={"orders.created"})
+    (row,) = pending_rows({"inventory.reserved"})
+    data = json.dumps(row.payload).encode()
+    caplog.set_level(logging.INFO, logger="saga.services")
+    outcomes = []
+    with django_capture_on_commit_callbacks(using="orders", execute=True):
+        for delivered in (1, 2):  # the second: a redelivery after a lost ack
+            outcomes.append(delivery_handle(route, subject=row.subject, data=data, msg_id=str(row.id),
+                                            num_delivered=delivered)[0])
+    assert outcomes == [Outcome.HANDLED, Outcome.DUPLICATE]
+    moves = [r.getMessage() for r in caplog.records if r.getMessage().startswith("saga moved")]
+    assert len(moves) == 1 and "STARTED -> PAYMENT_PROCESSING" in moves[0], moves
 
 
 def test_log_format_json_switches_every_process_to_json_celery_included():
