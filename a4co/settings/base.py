@@ -186,8 +186,8 @@ CONSUMER_BATCH_FETCH = env_int("CONSUMER_BATCH_FETCH", 128)
 # than the cores can keep busy cost CPU in GIL hand-offs: on 2 cores 4 carried the most sagas
 # per CPU-second (8 cost 10 % more CPU per saga, 2 left CPU idle; docs/benchmarks.md).
 CONSUMER_THREADS = env_int("CONSUMER_THREADS", 4)
-# A fetched batch of a route whose handlers all run in the consumer's transaction is handled in
-# one transaction (one commit per batch; one by one if anything in it fails). Off: one each.
+# A fetched batch of a route that allows it (ConsumerRoute.batch) is handled in one transaction
+# (one commit per batch; one by one if anything in it fails). Off: one each.
 CONSUMER_BATCH_TRANSACTIONS = env_bool("CONSUMER_BATCH_TRANSACTIONS", True)
 # How long a message waits in place for a dependency that is down (database, Stripe) before the
 # failure counts as one of its max_deliver deliveries.
