@@ -112,6 +112,19 @@ def _with_db_retry(func, *, deadline: float = 60):
             time.sleep(0.2)
 
 
+def _with_nats_retry(func, *, deadline: float = 60):
+    """Run a publish of ours through NATS restarts (we kill it on purpose). A batch sent again
+    after a partial success is deduplicated by the stream (same Nats-Msg-Id)."""
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            return func()
+        except nats_bus.NatsUnavailableError:
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(0.2)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -285,7 +298,8 @@ class Chaos:
         picked = rng.sample(rows, min(count, len(rows)))
         items = [(row["subject"], json.dumps(row["payload"]).encode(), str(uuid.uuid4())) for row in picked]
         if items:
-            nats_bus.publish_batch_bypassing_outbox(items)  # deliberately: new event ids, same content
+            # Deliberately: new event ids, same content.
+            _with_nats_retry(lambda: nats_bus.publish_batch_bypassing_outbox(items))
         self.out(f"  fault: {'duplicated' if recent else 'replayed early'} {len(items)} messages")
 
     # --- settle and judge ----------------------------------------------------------------------
