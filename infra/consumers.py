@@ -266,7 +266,9 @@ class ConsumerRunner:
         # spend most of their time waiting for the database). Django connections are per thread.
         threads = max(1, settings.CONSUMER_THREADS)
         together = route_handles_batches(route)
-        fetch = settings.CONSUMER_BATCH_FETCH if together else settings.CONSUMER_FETCH_BATCH
+        # A route whose batches call an external service first (batch_prepare) keeps the smaller
+        # fetch: those calls take time while the batch's ack deadlines run.
+        fetch = settings.CONSUMER_BATCH_FETCH if together and not route.batch_prepare else settings.CONSUMER_FETCH_BATCH
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(threads, thread_name_prefix=route.key) as executor:
             while not self._stop.is_set():

@@ -142,13 +142,14 @@ def payments_charge_outcomes(requests: list[dict]) -> list[tuple[Payment, dict |
     payments are written by one autocommitted INSERT. What each returns is stored, as for one,
     with payment_outcome_store in the caller's transaction.
 
-    Raises GatewayUnavailableError if Stripe could not give any one of them an answer; what was
-    written stays (rows with their intents, attempts counted) and every step is safe to repeat
-    one order at a time (payment_open finds the row and cancels the spare intent it made;
-    payment_charge_outcome confirms the stored intent).
+    Raises GatewayUnavailableError if Stripe could not give any one of them an answer (its calls
+    not started by then are not made: an outage costs the batch one round of timeouts); what was
+    written stays (rows, with their intents when Stripe made them, attempts counted) and every
+    step is safe to repeat one order at a time (payment_open finds the row and cancels the spare
+    intent it made; payment_charge_outcome confirms the stored intent).
     """
     requests = [{**request, "currency": request["currency"].upper()} for request in requests]
-    intents = list(_stripe_pool().map(_intent_open, requests))
+    intents = _stripe_calls(_intent_open, requests)
     fresh = [Payment(**request, stripe_payment_intent_id=intent.id, attempts=1)
              for request, intent in zip(requests, intents, strict=True) if isinstance(intent, gateway.IntentState)]
     inserted = _payments_insert(fresh)
@@ -159,17 +160,19 @@ def payments_charge_outcomes(requests: list[dict]) -> list[tuple[Payment, dict |
             opened.append((row, True))
         elif isinstance(intent, gateway.IntentState):
             opened.append(_payment_taken(Payment(**request), intent.id))
+        elif intent is None:  # not asked: Stripe was away for another request of the batch
+            unavailable = unavailable or gateway.GatewayUnavailableError("stripe unreachable for this batch")
         else:
             try:
                 opened.append(_payment_open_with(intent, request))
-            except gateway.GatewayUnavailableError as exc:  # every request goes on record first
+            except gateway.GatewayUnavailableError as exc:  # every request asked goes on record first
                 unavailable = unavailable or exc
     if unavailable is not None:
         raise unavailable
     # Confirming a fresh row's intent is Stripe alone; the others count their attempt first (a write).
     plain = [index for index, (payment, counted) in enumerate(opened)
              if counted and payment.stripe_payment_intent_id and payment.status in OPEN]
-    confirmed = dict(zip(plain, _stripe_pool().map(
+    confirmed = dict(zip(plain, _stripe_calls(
         lambda index: payment_charge_outcome(payment=opened[index][0], attempt_counted=True), plain), strict=True))
     return [confirmed[index] if index in confirmed else payment_charge_outcome(payment=payment, attempt_counted=counted)
             for index, (payment, counted) in enumerate(opened)]
@@ -188,6 +191,27 @@ def _payments_insert(payments: list[Payment]) -> dict[str, Payment]:
     for payment in rows.values():
         mark_saved(DB, payment)
     return rows
+
+
+def _stripe_calls(call, items: list) -> list:
+    """[call(item) for item in items], STRIPE_CONCURRENCY at a time. At the first Stripe that is
+    away (GatewayUnavailableError, raised or returned), the calls not started yet are dropped
+    (None in their place; raised: nothing returned), so that an outage costs a batch one round of
+    timeouts, not one per STRIPE_CONCURRENCY of its requests."""
+    futures = [_stripe_pool().submit(call, item) for item in items]
+    results: list = []
+    try:
+        for future in futures:
+            result = future.result() if not future.cancelled() else None
+            results.append(result)
+            if isinstance(result, gateway.GatewayUnavailableError):
+                for later in futures:
+                    later.cancel()
+    except gateway.GatewayUnavailableError:
+        for later in futures:
+            later.cancel()
+        raise
+    return results
 
 
 _pool: ThreadPoolExecutor | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import uuid
 from decimal import Decimal
 
@@ -22,6 +23,7 @@ from payments.messages import PaymentCancelRequest, PaymentProcessRequest
 from payments.models import InboxMessage, OutboxMessage, Payment
 from payments.services import payment_settle
 from tests.conftest import ALL_DATABASES
+from tests.helpers import http_request_read
 
 pytestmark = pytest.mark.django_db(databases=ALL_DATABASES)
 PAYMENTS = next(route for route in ROUTES if route.name == "payment-service")
@@ -121,11 +123,52 @@ def test_stripe_away_for_a_batch_leaves_it_to_the_one_by_one_pass_which_charges_
         closed.bind(("127.0.0.1", 0))
         settings.STRIPE_API_BASE = f"http://127.0.0.1:{closed.getsockname()[1]}"  # nobody listens there
     assert not deliveries_handle_together(PAYMENTS, deliveries)
-    # The requests are on record (ops see them), nothing is charged, nothing is announced yet.
-    assert sorted(Payment.objects.filter(order_id__in=orders).values_list("status", flat=True)) == ["PROCESSING"] * 3
+    # What it asked Stripe about is on record (ops see it; calls not started once Stripe proved
+    # away are not made), nothing is charged, nothing is announced yet.
+    statuses = list(Payment.objects.filter(order_id__in=orders).values_list("status", flat=True))
+    assert 1 <= len(statuses) <= 3 and set(statuses) == {"PROCESSING"}
     assert not InboxMessage.objects.exists() and not OutboxMessage.objects.exists()
 
     settings.STRIPE_API_BASE = reachable
     assert _one_by_one(deliveries) == [Outcome.HANDLED] * 3
     assert sorted(Payment.objects.filter(order_id__in=orders).values_list("status", flat=True)) == ["SUCCEEDED"] * 3
     assert _charged_at_stripe(orders) == {order: (1, 1234) for order in orders}
+
+
+def test_a_stripe_that_never_answers_costs_a_batch_one_round_of_timeouts(settings):
+    # A Stripe that accepts connections and never answers: each call waits out its timeout. The
+    # batch stops asking at the first one, so it does not wait once per STRIPE_CONCURRENCY of its
+    # requests (40 requests / 8 at a time would be 5 rounds); then it goes one by one.
+    asked, stop = [], threading.Event()
+
+    def silent(conn):
+        with conn:
+            asked.append(http_request_read(conn))
+            stop.wait(30)
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+
+    def accept():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=silent, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    settings.STRIPE_API_BASE = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    settings.STRIPE_TIMEOUT_SECONDS = 1
+    messages = [_charge() for _ in range(40)]
+    try:
+        assert not deliveries_handle_together(PAYMENTS, [_delivery(message) for message in messages])
+    finally:
+        stop.set()
+        listener.close()
+    assert 1 <= len(asked) <= 2 * settings.STRIPE_CONCURRENCY, len(asked)
+    # The requests it asked about are on record; the others are left to the one-by-one pass.
+    on_record = Payment.objects.filter(order_id__in=[m.order_id for m in messages])
+    assert 1 <= on_record.count() <= len(asked) and {p.status for p in on_record} == {"PROCESSING"}
+    assert not InboxMessage.objects.exists() and not OutboxMessage.objects.exists()
