@@ -234,6 +234,18 @@ def route_handles_batches(route: ConsumerRoute) -> bool:
         for subject in route.consumer.subjects)
 
 
+async def ack_deadlines_keep(deliveries: list[Delivery], interval: float | None = None) -> None:
+    """Until cancelled: every `interval` seconds (a third of CONSUMER_ACK_WAIT_SECONDS), tell
+    JetStream that `deliveries` are still being worked on, so that none is redelivered to someone
+    else meanwhile. A failed push (NATS away) is left to the next one."""
+    interval = interval or max(settings.CONSUMER_ACK_WAIT_SECONDS / 3, 0.5)
+    while True:
+        await asyncio.sleep(interval)
+        for delivery in deliveries:
+            with contextlib.suppress(Exception):
+                await delivery.in_progress()
+
+
 class ConsumerRunner:
     """Runs the given routes until `stop()`; in-flight messages finish before it returns."""
 
@@ -266,9 +278,7 @@ class ConsumerRunner:
         # spend most of their time waiting for the database). Django connections are per thread.
         threads = max(1, settings.CONSUMER_THREADS)
         together = route_handles_batches(route)
-        # A route whose batches call an external service first (batch_prepare) keeps the smaller
-        # fetch: those calls take time while the batch's ack deadlines run.
-        fetch = settings.CONSUMER_BATCH_FETCH if together and not route.batch_prepare else settings.CONSUMER_FETCH_BATCH
+        fetch = settings.CONSUMER_BATCH_FETCH if together else settings.CONSUMER_FETCH_BATCH
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(threads, thread_name_prefix=route.key) as executor:
             while not self._stop.is_set():
@@ -276,7 +286,14 @@ class ConsumerRunner:
                 if not deliveries:
                     continue
                 if together and len(deliveries) > 1:
-                    committed = await loop.run_in_executor(executor, deliveries_handle_together, route, deliveries)
+                    # A batch can take a while (payments: its Stripe calls; a database that is slow
+                    # to answer): its messages' ack deadlines are pushed back meanwhile.
+                    keeper = asyncio.create_task(ack_deadlines_keep(deliveries))
+                    try:
+                        committed = await loop.run_in_executor(executor, deliveries_handle_together, route,
+                                                               deliveries)
+                    finally:
+                        keeper.cancel()
                     metrics.consumer_batch_settled(route, committed=committed)
                     if committed:
                         for delivery in deliveries:

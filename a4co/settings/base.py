@@ -179,9 +179,8 @@ CONSUMER_FETCH_BATCH = env_int("CONSUMER_FETCH_BATCH", 32)
 # Messages fetched per pull by a route that handles a fetched batch in one transaction
 # (CONSUMER_BATCH_TRANSACTIONS): the more a transaction carries under load, the less each
 # message costs (32 -> 128: the consumers' CPU per saga -10 % at saturation, docs/benchmarks.md).
-# Routes handled one by one, and those whose batches call an external service first (payments),
-# keep CONSUMER_FETCH_BATCH: what they fetch waits for a thread or for Stripe, its ack deadline
-# running.
+# Routes handled one by one keep CONSUMER_FETCH_BATCH: what they fetch waits for a thread, its
+# ack deadline running (a batch's deadlines are pushed back while it is handled).
 CONSUMER_BATCH_FETCH = env_int("CONSUMER_BATCH_FETCH", 128)
 # Threads per consumer route: messages of different orders are handled in parallel. More threads
 # than the cores can keep busy cost CPU in GIL hand-offs: on 2 cores 4 carried the most sagas
