@@ -99,30 +99,31 @@ class StackState:
         raise ChaosError(f"{name} was not restarted within {timeout}s")
 
 
-def _with_db_retry(func, *, deadline: float = 60):
-    """Run a read of ours through PostgreSQL restarts (we kill it on purpose)."""
+def _through_restarts(func, errors: tuple[type[Exception], ...], *, deadline: float = 60, between=None):
+    """func(), tried again every 0.2 s (after `between()`) while it raises one of `errors`, which
+    the servers we kill on purpose raise while they restart; the last error after `deadline` s."""
     give_up = time.monotonic() + deadline
     while True:
         try:
             return func()
-        except (OperationalError, InterfaceError):
+        except errors:
             if time.monotonic() > give_up:
                 raise
-            connections.close_all()
+            if between is not None:
+                between()
             time.sleep(0.2)
+
+
+def _with_db_retry(func, *, deadline: float = 60):
+    """Run a read of ours through PostgreSQL restarts."""
+    return _through_restarts(func, (OperationalError, InterfaceError), deadline=deadline,
+                             between=connections.close_all)
 
 
 def _with_nats_retry(func, *, deadline: float = 60):
-    """Run a publish of ours through NATS restarts (we kill it on purpose). A batch sent again
-    after a partial success is deduplicated by the stream (same Nats-Msg-Id)."""
-    give_up = time.monotonic() + deadline
-    while True:
-        try:
-            return func()
-        except nats_bus.NatsUnavailableError:
-            if time.monotonic() > give_up:
-                raise
-            time.sleep(0.2)
+    """Run a publish of ours through NATS restarts. A batch sent again after a partial success is
+    deduplicated by the stream (same Nats-Msg-Id)."""
+    return _through_restarts(func, (nats_bus.NatsUnavailableError,), deadline=deadline)
 
 
 def _alive(pid: int) -> bool:

@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import random
-import select
 import sys
 import threading
 import time
@@ -30,6 +29,7 @@ from django.contrib.auth import get_user_model
 from django.db import DatabaseError, connections
 from rest_framework.authtoken.models import Token
 
+from a4co.http_clients import connection_closed_while_idle
 from inventory.models import Product
 from orders.models import Order
 from saga.models import SagaInstance
@@ -229,8 +229,8 @@ class LoadTest:
         Transport failures raise OSError or http.client.HTTPException.
         """
         conn = getattr(self._local, "conn", None)
-        if conn is not None and conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
-            conn.close()  # readable while idle: the server closed it
+        if conn is not None and connection_closed_while_idle(conn):
+            conn.close()
         if conn is None:
             parts = urllib.parse.urlsplit(self.base_url)
             kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import http.client
 import json
-import select
 import ssl
 import threading
 import urllib.parse
@@ -25,6 +24,7 @@ import stripe
 from django.conf import settings
 
 from a4co.errors import TransientError
+from a4co.http_clients import connection_closed_while_idle
 
 
 class GatewayUnavailableError(TransientError):
@@ -82,8 +82,8 @@ class KeepAliveClient(stripe.HTTPClient):
     def _connection(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
         key = (scheme, host, port)
         conn = self._connections.get(key)
-        if conn is not None and conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
-            conn.close()  # readable while idle: the server closed it (or broke the protocol)
+        if conn is not None and connection_closed_while_idle(conn):
+            conn.close()
         if conn is None:
             proxy = self._proxy_for(scheme, host)
             target = (proxy.hostname, proxy.port or 80) if proxy else (host, port)
