@@ -642,56 +642,82 @@ class Delivery:
 
 
 class PullConsumer:
+    """Deliveries of one durable pull consumer, for one loop that fetches, handles, fetches again.
+
+    One pull request stays open while deliveries are wanted: it asks for a fetch's worth of
+    messages and lingers for the fetch's timeout, and the server sends each message as it arrives.
+    A fetch takes what has arrived and returns at once when something has; the next fetch takes
+    what arrived meanwhile from the same request, and a new one is sent only when it is used up
+    or has expired. So an idle-ish consumer costs the server one pull request per fetch timeout
+    (or per batch), not two or three per message (a no-wait probe plus a lingering fetch each
+    time). Built on nats-py's PullSubscription internals (its queue of arrivals, its pull subject
+    and inbox), pinned in requirements.txt: its public fetch waits for a whole batch or probes.
+
+    Messages that arrive while the caller is busy wait here with their ack deadline running, as
+    they would on the server: at most one request's worth, sent at most `timeout` s before.
+    """
+
     def __init__(self, sub, spec: ConsumerSpec):
         self._sub = sub
         self.spec = spec
+        self._open_until = 0.0  # monotonic time the open pull request expires; 0: none open
+        self._open_left = 0  # messages it may still bring
+        self._refused_until = 0.0
 
-    async def _ready_now(self, batch: int) -> list:
-        """The messages the consumer can hand out right now (up to `batch`), without waiting for
-        new ones: a no-wait pull, which the server answers at once with what it has and, when that
-        is fewer than asked, a 404 status. (Built on nats-py's PullSubscription internals, pinned
-        in requirements.txt: its public fetch has no such mode.)"""
-        js_client = nats.js.client.JetStreamContext
-        sub = self._sub._sub
-        msgs = []
-        # Deliveries already here (e.g. for an earlier pull that timed out on our side) come first;
-        # stray status replies to earlier pulls are dropped.
-        while not sub._pending_queue.empty() and len(msgs) < batch:
-            msg = sub._pending_queue.get_nowait()
-            sub._pending_size -= len(msg.data)
-            if not js_client.is_status_msg(msg):
-                msgs.append(msg)
-        if len(msgs) >= batch:
-            return msgs
-        await self._sub._nc.publish(self._sub._nms, json.dumps({"batch": batch - len(msgs), "no_wait": True}).encode(),
-                                    reply=self._sub._deliver)
-        deadline = time.monotonic() + 5.0
-        while len(msgs) < batch:
-            try:
-                msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.001))
-            except (TimeoutError, nats.errors.TimeoutError):
-                break  # no answer (NATS trouble): the next fetch asks again
-            status = js_client.is_status_msg(msg)
-            if not status:
-                msgs.append(msg)
-            elif not js_client._is_heartbeat(status):
-                break  # 404 no (more) messages, 408, or an error: this pull is answered
-        return msgs
+    async def _request(self, batch: int, timeout: float) -> None:
+        expires = max(timeout, 0.01)
+        await self._sub._nc.publish(self._sub._nms, json.dumps(
+            {"batch": batch, "expires": int(expires * 1_000_000_000)}).encode(), reply=self._sub._deliver)
+        self._open_until, self._open_left = time.monotonic() + expires, batch
+
+    def _arrived(self, msg, msgs: list) -> None:
+        """Take one arrival: a message, or a status that ends the open request (all statuses
+        but heartbeats do: 404/408 no more messages or expired, 409 the request was refused)."""
+        status = nats.js.client.JetStreamContext.is_status_msg(msg)
+        if not status:
+            msgs.append(msg)
+            self._open_left -= 1
+            if self._open_left <= 0:
+                self._open_until = 0.0
+        elif not nats.js.client.JetStreamContext._is_heartbeat(status):
+            self._open_until, self._open_left = 0.0, 0
+            if status == "409":
+                # Refused (too many waiting requests, consumer deleted): ask again a little later.
+                self._refused_until = time.monotonic() + 0.1
+
+    def _take_arrived(self, batch: int, msgs: list) -> None:
+        queue = self._sub._sub._pending_queue
+        while not queue.empty() and len(msgs) < batch:
+            msg = queue.get_nowait()
+            self._sub._sub._pending_size -= len(msg.data)
+            self._arrived(msg, msgs)
 
     async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
         """Up to `batch` deliveries, waiting at most `timeout` s for the first; [] when none arrived.
 
-        Returns as soon as something is there: what is ready at once, or else the first message
-        to arrive (what came with it is picked up by the next call, at once). nats-py's
-        fetch(batch=n), once a lingering pull has produced one message, waits for n or the whole
-        timeout: a lone message sat there for up to a second.
+        Returns as soon as something is there: what has arrived already, or else the first
+        message to arrive with whatever came with it.
         """
-        msgs = await self._ready_now(batch)
-        if not msgs:
+        msgs: list = []
+        deadline = time.monotonic() + timeout
+        self._take_arrived(batch, msgs)
+        while not msgs:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if now < self._refused_until:
+                await asyncio.sleep(min(self._refused_until, deadline) - now)
+                continue
+            if now >= self._open_until:
+                await self._request(batch, deadline - now)
             try:
-                msgs = await self._sub.fetch(batch=1, timeout=timeout)
+                # A little past the request's expiry: its 408 says it ended.
+                msg = await self._sub._sub.next_msg(timeout=max(self._open_until + 0.05 - now, 0.001))
             except (TimeoutError, nats.errors.TimeoutError):
-                return []
+                self._open_until, self._open_left = 0.0, 0  # lost with a reconnect, or expired unsaid
+                continue
+            self._arrived(msg, msgs)
+            self._take_arrived(batch, msgs)
         deliveries = []
         for msg in msgs:
             meta = msg.metadata
