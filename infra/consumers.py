@@ -238,12 +238,26 @@ async def ack_deadlines_keep(deliveries: list[Delivery], interval: float | None 
     """Until cancelled: every `interval` seconds (a third of CONSUMER_ACK_WAIT_SECONDS), tell
     JetStream that `deliveries` are still being worked on, so that none is redelivered to someone
     else meanwhile. A failed push (NATS away) is left to the next one."""
-    interval = interval or max(settings.CONSUMER_ACK_WAIT_SECONDS / 3, 0.5)
+    interval = interval or _ack_keep_interval()
     while True:
         await asyncio.sleep(interval)
         for delivery in deliveries:
             with contextlib.suppress(Exception):
                 await delivery.in_progress()
+
+
+async def _arrived_deadlines_keep(pull, interval: float | None = None) -> None:
+    """Every third of the ack wait, push back the deadlines of the messages that arrived on the
+    route's open pull request for its next fetch: a fetch's handling can outlast the ack wait
+    (PostgreSQL or Stripe waited out), and they must not be redelivered meanwhile."""
+    interval = interval or _ack_keep_interval()
+    while True:
+        await asyncio.sleep(interval)
+        await pull.arrived_in_progress()
+
+
+def _ack_keep_interval() -> float:
+    return max(settings.CONSUMER_ACK_WAIT_SECONDS / 3, 0.5)
 
 
 class ConsumerRunner:
@@ -280,32 +294,36 @@ class ConsumerRunner:
         together = route_handles_batches(route)
         fetch = settings.CONSUMER_BATCH_FETCH if together else settings.CONSUMER_FETCH_BATCH
         loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(threads, thread_name_prefix=route.key) as executor:
-            while not self._stop.is_set():
-                deliveries = await pull.fetch(fetch, self.fetch_timeout)
-                if not deliveries:
-                    continue
-                if together and len(deliveries) > 1:
-                    # A batch can take a while (payments: its Stripe calls; a database that is slow
-                    # to answer): its messages' ack deadlines are pushed back meanwhile.
-                    keeper = asyncio.create_task(ack_deadlines_keep(deliveries))
-                    try:
-                        committed = await loop.run_in_executor(executor, deliveries_handle_together, route,
-                                                               deliveries)
-                    finally:
-                        keeper.cancel()
-                    metrics.consumer_batch_settled(route, committed=committed)
-                    if committed:
-                        for delivery in deliveries:
-                            await self._settle(route, delivery, Outcome.HANDLED, "", executor)
+        arrived_keeper = asyncio.create_task(_arrived_deadlines_keep(pull))
+        try:
+            with ThreadPoolExecutor(threads, thread_name_prefix=route.key) as executor:
+                while not self._stop.is_set():
+                    deliveries = await pull.fetch(fetch, self.fetch_timeout)
+                    if not deliveries:
                         continue
-                await asyncio.gather(*(self._handle_in_order(route, group, executor)
-                                       for group in _by_order(deliveries)))
-            # Connections are per thread: each worker thread closes its own. The barrier makes every
-            # thread take exactly one of these tasks (a free thread would otherwise take several).
-            barrier = threading.Barrier(threads)
-            for _ in range(threads):
-                executor.submit(_close_thread_connections, barrier)
+                    if together and len(deliveries) > 1:
+                        # A batch can take a while (payments: its Stripe calls; a database that is slow
+                        # to answer): its messages' ack deadlines are pushed back meanwhile.
+                        keeper = asyncio.create_task(ack_deadlines_keep(deliveries))
+                        try:
+                            committed = await loop.run_in_executor(executor, deliveries_handle_together, route,
+                                                                   deliveries)
+                        finally:
+                            keeper.cancel()
+                        metrics.consumer_batch_settled(route, committed=committed)
+                        if committed:
+                            for delivery in deliveries:
+                                await self._settle(route, delivery, Outcome.HANDLED, "", executor)
+                            continue
+                    await asyncio.gather(*(self._handle_in_order(route, group, executor)
+                                           for group in _by_order(deliveries)))
+                # Connections are per thread: each worker thread closes its own. The barrier makes every
+                # thread take exactly one of these tasks (a free thread would otherwise take several).
+                barrier = threading.Barrier(threads)
+                for _ in range(threads):
+                    executor.submit(_close_thread_connections, barrier)
+        finally:
+            arrived_keeper.cancel()
 
     async def _handle_in_order(self, route: ConsumerRoute, deliveries: list[Delivery], executor) -> None:
         loop = asyncio.get_running_loop()

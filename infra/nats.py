@@ -653,8 +653,10 @@ class PullConsumer:
     time). Built on nats-py's PullSubscription internals (its queue of arrivals, its pull subject
     and inbox), pinned in requirements.txt: its public fetch waits for a whole batch or probes.
 
-    Messages that arrive while the caller is busy wait here with their ack deadline running, as
-    they would on the server: at most one request's worth, sent at most `timeout` s before.
+    Messages that arrive while the caller is busy wait here with their ack deadline running: at
+    most one request's worth, arrived within `timeout` s of the request. A caller whose handling
+    can outlast the ack wait (a dependency being waited out) keeps them with
+    `arrived_in_progress`.
     """
 
     def __init__(self, sub, spec: ConsumerSpec):
@@ -691,6 +693,14 @@ class PullConsumer:
             msg = queue.get_nowait()
             self._sub._sub._pending_size -= len(msg.data)
             self._arrived(msg, msgs)
+
+    async def arrived_in_progress(self) -> None:
+        """Push back the ack deadlines of the messages that arrived for the next fetch (their
+        handler is still busy with the last one). A failed push (NATS away) is left to the next."""
+        for msg in list(self._sub._sub._pending_queue._queue):
+            if not nats.js.client.JetStreamContext.is_status_msg(msg):
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
     async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
         """Up to `batch` deliveries, waiting at most `timeout` s for the first; [] when none arrived.

@@ -1,11 +1,13 @@
 """infra.nats.PullConsumer against the real JetStream server: a fetch returns as soon as a message
 is there (not when its batch is full), and one open pull request serves the fetches that follow
 until it is used up or expires; then the next fetch asks again. The consumer's own info (its
-waiting pull requests, its messages handed out) shows what was asked of the server."""
+waiting pull requests, its messages handed out) shows what was asked of the server. Messages
+that arrived for the next fetch keep their ack deadlines while the handler is busy."""
 from __future__ import annotations
 
 import asyncio
 
+from infra.consumers import _arrived_deadlines_keep
 from infra.nats import ConsumerSpec, StreamSpec, jetstream_delete_streams_destroying_data, jetstream_session
 
 STREAM = StreamSpec("PULLTEST", ("pulltest.*",))
@@ -94,3 +96,36 @@ async def _waiting(info, count: int) -> bool:
 
 async def _handed_out(info, count: int) -> bool:
     return (await info()).num_ack_pending == count
+
+
+def test_messages_waiting_for_the_next_fetch_keep_their_deadlines_while_the_handler_is_busy(settings):
+    settings.CONSUMER_ACK_WAIT_SECONDS = 1
+
+    async def scenario():
+        async with jetstream_session("a4co-pull-test") as session:
+            await session.ensure([STREAM], [SPEC])
+            js = session._nc.jetstream()
+            pull = await session.pull(SPEC)
+
+            async def info():
+                return await js.consumer_info(STREAM.name, SPEC.name)
+
+            await js.publish("pulltest.event", b'{"n": 1}')
+            (first,) = await asyncio.wait_for(pull.fetch(10, timeout=10), 5)
+            await first.in_progress()
+            # "Handling" the first: meanwhile the second arrives on the open request and waits.
+            await js.publish("pulltest.event", b'{"n": 2}')
+            await _until(lambda: _handed_out(info, 2), message="the second never arrived")
+            keeper = asyncio.create_task(_arrived_deadlines_keep(pull, interval=0.3))
+            busy_until = asyncio.get_running_loop().time() + 3  # three ack waits
+            while asyncio.get_running_loop().time() < busy_until:
+                await first.in_progress()  # the handler keeps its own message, as the consumers do
+                await asyncio.sleep(0.3)
+            keeper.cancel()
+            assert (await info()).num_redelivered == 0
+            (second,) = await asyncio.wait_for(pull.fetch(10, timeout=10), 5)
+            assert second.json() == {"n": 2} and second.num_delivered == 1
+            await first.ack()
+            await second.ack()
+
+    _run(scenario)
