@@ -721,10 +721,12 @@ class PullConsumer:
             if now >= self._open_until:
                 await self._request(batch, deadline - now)
             try:
-                # A little past the request's expiry: its 408 says it ended.
-                msg = await self._sub._sub.next_msg(timeout=max(self._open_until + 0.05 - now, 0.001))
+                # Until the fetch's deadline, or a little past the request's expiry (its 408 says
+                # it ended), whichever comes first.
+                msg = await self._sub._sub.next_msg(timeout=max(min(self._open_until + 0.05, deadline) - now, 0.001))
             except (TimeoutError, nats.errors.TimeoutError):
-                self._open_until, self._open_left = 0.0, 0  # lost with a reconnect, or expired unsaid
+                if time.monotonic() >= self._open_until:
+                    self._open_until, self._open_left = 0.0, 0  # lost with a reconnect, or expired unsaid
                 continue
             self._arrived(msg, msgs)
             self._take_arrived(batch, msgs)

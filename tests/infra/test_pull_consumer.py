@@ -85,6 +85,17 @@ def test_a_used_up_or_expired_request_is_asked_again():
     _run(scenario)
 
 
+def test_a_fetch_ends_by_its_own_timeout_while_an_earlier_request_stays_open():
+    async def scenario(js, pull, info):
+        await js.publish("pulltest.event", b'{"n": 1}')
+        (first,) = await asyncio.wait_for(pull.fetch(10, timeout=30), 5)  # its request lingers 30 s
+        await first.ack()
+        assert await asyncio.wait_for(pull.fetch(10, timeout=0.3), 3) == []
+        assert (await info()).num_waiting == 1  # still open, for the fetches to come
+
+    _run(scenario)
+
+
 async def _waiting(info, count: int) -> bool:
     return (await info()).num_waiting == count
 
