@@ -238,26 +238,23 @@ async def ack_deadlines_keep(deliveries: list[Delivery], interval: float | None 
     """Until cancelled: every `interval` seconds (a third of CONSUMER_ACK_WAIT_SECONDS), tell
     JetStream that `deliveries` are still being worked on, so that none is redelivered to someone
     else meanwhile. A failed push (NATS away) is left to the next one."""
-    interval = interval or _ack_keep_interval()
-    while True:
-        await asyncio.sleep(interval)
-        for delivery in deliveries:
-            with contextlib.suppress(Exception):
-                await delivery.in_progress()
+    await _deadlines_keep(lambda: deliveries, interval)
 
 
 async def _arrived_deadlines_keep(pull, interval: float | None = None) -> None:
-    """Every third of the ack wait, push back the deadlines of the messages that arrived on the
-    route's open pull request for its next fetch: a fetch's handling can outlast the ack wait
+    """ack_deadlines_keep for the messages that arrived on the route's open pull request for its
+    next fetch, whichever they are at each push: a fetch's handling can outlast the ack wait
     (PostgreSQL or Stripe waited out), and they must not be redelivered meanwhile."""
-    interval = interval or _ack_keep_interval()
+    await _deadlines_keep(pull.arrived_waiting, interval)
+
+
+async def _deadlines_keep(held, interval: float | None) -> None:
+    interval = interval or max(settings.CONSUMER_ACK_WAIT_SECONDS / 3, 0.5)
     while True:
         await asyncio.sleep(interval)
-        await pull.arrived_in_progress()
-
-
-def _ack_keep_interval() -> float:
-    return max(settings.CONSUMER_ACK_WAIT_SECONDS / 3, 0.5)
+        for message in held():
+            with contextlib.suppress(Exception):
+                await message.in_progress()
 
 
 class ConsumerRunner:

@@ -655,8 +655,7 @@ class PullConsumer:
 
     Messages that arrive while the caller is busy wait here with their ack deadline running: at
     most one request's worth, arrived within `timeout` s of the request. A caller whose handling
-    can outlast the ack wait (a dependency being waited out) keeps them with
-    `arrived_in_progress`.
+    can outlast the ack wait (a dependency being waited out) keeps them (`arrived_waiting`).
     """
 
     def __init__(self, sub, spec: ConsumerSpec):
@@ -672,6 +671,9 @@ class PullConsumer:
             {"batch": batch, "expires": int(expires * 1_000_000_000)}).encode(), reply=self._sub._deliver)
         self._open_until, self._open_left = time.monotonic() + expires, batch
 
+    def _request_ended(self) -> None:
+        self._open_until, self._open_left = 0.0, 0
+
     def _arrived(self, msg, msgs: list) -> None:
         """Take one arrival: a message, or a status that ends the open request (all statuses
         but heartbeats do: 404/408 no more messages or expired, 409 the request was refused)."""
@@ -680,9 +682,9 @@ class PullConsumer:
             msgs.append(msg)
             self._open_left -= 1
             if self._open_left <= 0:
-                self._open_until = 0.0
+                self._request_ended()
         elif not nats.js.client.JetStreamContext._is_heartbeat(status):
-            self._open_until, self._open_left = 0.0, 0
+            self._request_ended()
             if status == "409":
                 # Refused (too many waiting requests, consumer deleted): ask again a little later.
                 self._refused_until = time.monotonic() + 0.1
@@ -694,13 +696,11 @@ class PullConsumer:
             self._sub._sub._pending_size -= len(msg.data)
             self._arrived(msg, msgs)
 
-    async def arrived_in_progress(self) -> None:
-        """Push back the ack deadlines of the messages that arrived for the next fetch (their
-        handler is still busy with the last one). A failed push (NATS away) is left to the next."""
-        for msg in list(self._sub._sub._pending_queue._queue):
-            if not nats.js.client.JetStreamContext.is_status_msg(msg):
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
+    def arrived_waiting(self) -> list:
+        """The messages (nats-py's, with `in_progress()`) that arrived for the next fetch, whose
+        ack deadlines run while the caller is still busy with the last one."""
+        return [msg for msg in self._sub._sub._pending_queue._queue
+                if not nats.js.client.JetStreamContext.is_status_msg(msg)]
 
     async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
         """Up to `batch` deliveries, waiting at most `timeout` s for the first; [] when none arrived.
@@ -726,7 +726,7 @@ class PullConsumer:
                 msg = await self._sub._sub.next_msg(timeout=max(min(self._open_until + 0.05, deadline) - now, 0.001))
             except (TimeoutError, nats.errors.TimeoutError):
                 if time.monotonic() >= self._open_until:
-                    self._open_until, self._open_left = 0.0, 0  # lost with a reconnect, or expired unsaid
+                    self._request_ended()  # lost with a reconnect, or expired unsaid
                 continue
             self._arrived(msg, msgs)
             self._take_arrived(batch, msgs)

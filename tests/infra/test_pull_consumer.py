@@ -21,6 +21,14 @@ async def _until(condition, *, timeout: float = 5.0, message: str) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _waiting(info, count: int) -> bool:
+    return (await info()).num_waiting == count
+
+
+async def _handed_out(info, count: int) -> bool:
+    return (await info()).num_ack_pending == count
+
+
 def _run(scenario) -> None:
     """Run `await scenario(js, pull, info)` against a fresh stream and consumer."""
     async def main():
@@ -94,14 +102,6 @@ def test_a_fetch_ends_by_its_own_timeout_while_an_earlier_request_stays_open():
         assert (await info()).num_waiting == 1  # still open, for the fetches to come
 
     _run(scenario)
-
-
-async def _waiting(info, count: int) -> bool:
-    return (await info()).num_waiting == count
-
-
-async def _handed_out(info, count: int) -> bool:
-    return (await info()).num_ack_pending == count
 
 
 def test_messages_waiting_for_the_next_fetch_keep_their_deadlines_while_the_handler_is_busy(settings):
