@@ -2,7 +2,7 @@
 import os
 
 from celery import Celery
-from celery.signals import task_prerun
+from celery.signals import task_prerun, worker_process_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "a4co.settings.dev")
 
@@ -20,3 +20,13 @@ def _close_stale_connections(**_kwargs) -> None:
     from a4co.db import connections_close_stale
 
     connections_close_stale()
+
+
+@worker_process_init.connect
+def _freeze_startup_heap(**_kwargs) -> None:
+    # Each pool process: load what the relay runs with, then leave it out of garbage
+    # collections (a4co.heap). The relay worker otherwise paused for full collections.
+    import infra.relay  # noqa: F401
+    from a4co.heap import heap_freeze_startup
+
+    heap_freeze_startup()

@@ -98,6 +98,51 @@ def test_a_failed_publish_leaves_the_row_pending_and_a_later_relay_sends_it(jets
     assert len(nats_bus.jetstream_messages("ORDERS")) == 1
 
 
+def test_a_relay_that_fails_while_publishing_rolls_back_and_the_next_one_sends_the_rows(jetstream, monkeypatch):
+    # Anything raised half-way (here: while publishing) rolls the batch's transaction back: the
+    # rows stay pending, their locks go, and the connection is left idle for the next drain.
+    from django.db import connections
+    from psycopg import pq
+
+    ids = [str(order_created(f"order-f{n}")) for n in range(3)]
+    real_publish = nats_bus.publish_batch_bypassing_outbox
+    seen_locked = []
+
+    def publish_then_fail(items, **kwargs):
+        seen_locked.append(_claimable_elsewhere())  # the claimed rows are locked meanwhile
+        raise RuntimeError("the process is being torn down")
+
+    monkeypatch.setattr(nats_bus, "publish_batch_bypassing_outbox", publish_then_fail)
+    with pytest.raises(RuntimeError, match="torn down"):
+        outbox_relay_drain()
+    assert seen_locked == [0]
+    assert connections["orders"].connection.info.transaction_status == pq.TransactionStatus.IDLE
+    assert _claimable_elsewhere() == 3
+    assert OrdersOutbox.objects.filter(id__in=ids, published_at__isnull=True).count() == 3
+
+    monkeypatch.setattr(nats_bus, "publish_batch_bypassing_outbox", real_publish)
+    assert outbox_relay_drain().published == 3
+    assert {m.headers["Nats-Msg-Id"] for m in nats_bus.jetstream_messages("ORDERS")} == set(ids)
+    # Past psycopg's prepare threshold the claim and the marking run as prepared statements:
+    # batch after batch still commits.
+    for n in range(8):
+        order_created(f"order-g{n}")
+        assert outbox_relay_drain().published == 1
+    assert OrdersOutbox.objects.filter(published_at__isnull=True).count() == 0
+
+
+def _claimable_elsewhere() -> int:
+    """How many pending orders outbox rows another connection could claim right now."""
+    import psycopg
+    from django.db import connections
+
+    params = connections["orders"].get_connection_params()
+    params.pop("cursor_factory", None)
+    with psycopg.connect(**params, autocommit=True) as other:
+        return len(other.execute("SELECT id FROM orders_outbox WHERE published_at IS NULL"
+                                 " FOR UPDATE SKIP LOCKED").fetchall())
+
+
 def test_republishing_a_row_is_deduplicated_by_jetstream(jetstream):
     event_id = order_created("order-4")
     outbox_relay_drain()
@@ -140,6 +185,9 @@ def test_run_consumers_stops_cleanly_on_sigterm(jetstream):
         lines = []
         wait_until(lambda: lines.append(process.stdout.readline()) or "consumers running" in lines[-1],
                    timeout=30, message="consumers running")
+        # The handlers were loaded and the startup heap frozen before the first fetch (a4co.heap).
+        frozen = [line for line in lines if "startup heap frozen" in line]
+        assert frozen and int(frozen[0].split("frozen: ")[1].split()[0]) > 10_000, lines
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
         rest = process.stdout.read()
