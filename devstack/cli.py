@@ -47,12 +47,14 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,16 +336,52 @@ def _run_supervised(
             sup.say(f"error: setup step `{name}` ({shlex.join(argv)}) failed with {describe_exit(rc)}; stopping")
             return 1
 
+    apps = []
     for name, template in procfile.PROCESSES.items():
         spec = ProcessSpec(name=name, argv=_command(template, context) + procfile.argv_extra(name), cwd=str(REPO),
-                           env=env)
-        sup.start(sup.add(spec, "app"))
+                           env=env, probe=_app_probe(sup, name, web_port))
+        apps.append(sup.add(spec, "app"))
+        sup.start(apps[-1])
+    _apps_wait_ready(sup, apps)
     if state is not None:
         state.ready = True
         state.write()
     sup.say(f"all started; web on http://127.0.0.1:{web_port}/ - Ctrl-C stops everything")
     sup.serve()
     return 0
+
+
+APP_READY_TIMEOUT = 60.0
+
+
+def _app_probe(sup: Supervisor, name: str, web_port: int) -> Callable[[], bool] | None:
+    """The app's readiness probe (procfile.READY_LINES / READY_PATH), or None for one that is ready
+    once started."""
+    if name in procfile.READY_PATH:
+        return servers.http_probe(f"http://127.0.0.1:{web_port}{procfile.READY_PATH[name]}", {})
+    if name in procfile.READY_LINES:
+        pattern = re.compile(procfile.READY_LINES[name])
+        return lambda: pattern.search(sup.tail(name)) is not None
+    return None
+
+
+def _apps_wait_ready(sup: Supervisor, apps: list) -> None:
+    """Pump output (and restart what dies, as always) until every app's probe passes. After
+    APP_READY_TIMEOUT seconds, say which are not ready and go on: they keep starting, and their
+    logs say why they have not."""
+    deadline = time.monotonic() + APP_READY_TIMEOUT
+    waiting = [child for child in apps if child.spec.probe is not None]
+    while True:
+        waiting = [child for child in waiting if not child.spec.probe()]
+        if not waiting:
+            return
+        if time.monotonic() >= deadline:
+            names = ", ".join(child.name for child in waiting)
+            sup.say(f"warning: {names} not ready after {APP_READY_TIMEOUT:g} s; see their logs")
+            return
+        if sup.stop_requested:
+            raise Interrupted()
+        sup.tick(0.05)
 
 
 def _banner(

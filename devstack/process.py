@@ -50,7 +50,7 @@ class RunAs:
 class ProcessSpec:
     """Everything needed to (re)start one child process.
 
-    ``probe`` (servers only) returns True once the process accepts work;
+    ``probe`` returns True once the process accepts work (apps: see procfile.READY_LINES);
     ``after_ready`` runs once after the first successful probe (e.g. create
     the application database). ``before_restart`` (optional) is called with
     the dead process's Popen just before the supervisor restarts it (e.g.

@@ -40,6 +40,17 @@ PROCESSES = {
 }
 
 
+# What an app prints once it serves: `make run` reports the stack ready (state.json, its log) only
+# when each of these has been printed and the web answers GET /readyz, so that a client started
+# right then (a load test) meets consumers subscribed and a relay worker listening, not a
+# backlog piling up behind their start. Beat has nothing to wait for.
+READY_LINES = {
+    "worker": r"celery@\S+ ready\.",
+    "consumers": r"consumers running: ",
+}
+READY_PATH = {"web": "/readyz"}
+
+
 def argv_extra(name: str) -> list[str]:
     """Arguments the environment adds to ``PROCESSES[name]``.
 

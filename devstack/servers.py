@@ -320,7 +320,9 @@ def _pg_probe(port: int) -> Callable[[], bool]:
     return probe
 
 
-def _http_probe(url: str, headers: dict[str, str]) -> Callable[[], bool]:
+def http_probe(url: str, headers: dict[str, str]) -> Callable[[], bool]:
+    """A probe: True once GET `url` (with `headers`) answers 200."""
+
     def probe() -> bool:
         request = urllib.request.Request(url, headers=headers)
         try:
@@ -558,7 +560,7 @@ def stripe_spec(datadir: PathLike, port: int) -> ProcessSpec:
         url=base,
         port=port,
         # A list call: needs a working app and auth, stores nothing.
-        probe=_http_probe(f"{base}/v1/customers?limit=1", {"Authorization": "Bearer sk_test_devstack"}),
+        probe=http_probe(f"{base}/v1/customers?limit=1", {"Authorization": "Bearer sk_test_devstack"}),
         start_timeout=START_TIMEOUT,
         workdir=workdir,
     )
@@ -581,7 +583,7 @@ def stripe_proxy_spec(datadir: PathLike, port: int, upstream: str) -> ProcessSpe
         url=base,
         port=port,
         # Answered by the proxy itself: ready even while the upstream is not.
-        probe=_http_probe(f"{base}/_chaos", {}),
+        probe=http_probe(f"{base}/_chaos", {}),
         start_timeout=START_TIMEOUT,
         workdir=workdir,
         extra={"control_url": f"{base}/_chaos", "upstream": upstream},

@@ -36,6 +36,15 @@ def test_run_recovers_from_kill_9_and_stops_cleanly(scratch):
     with devstack_run(scratch, "--stripe-proxy", "--no-seed") as stack:
         proc, state_path = stack["proc"], stack["state_path"]
         try:
+            # "Ready" means serving: the consumers had subscribed and the relay worker was up first.
+            def log_once_started():
+                text = stack["log_path"].read_text(errors="replace")
+                return text if "all started" in text else None
+
+            log = wait_until(log_once_started, timeout=10, message="all started")
+            started_at = log.index("all started")
+            for line in ("consumers running: ", " ready."):
+                assert -1 < log.find(line) < started_at, f"{line!r} not before 'all started'{stack['tail']()}"
             state = read_state(state_path)
             assert set(state["env"]) == {"DATABASE_URL", "NATS_URL", "CELERY_BROKER_URL", "STRIPE_API_BASE",
                                          "STRIPE_UPSTREAM"}
