@@ -43,20 +43,21 @@ def test_what_is_allocated_after_the_freeze_is_collected_as_before(unfrozen):
     assert later() is None
 
 
+def _in_a_fresh_process(code: str) -> list[str]:
+    """What `code` prints, run by a new interpreter on the test settings, split into words."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "a4co.settings.test"}
+    return subprocess.run([sys.executable, "-c", "import gc, sys; " + code], env=env, capture_output=True,
+                          text=True, timeout=60, check=True).stdout.split()
+
+
 def test_a_web_worker_loads_every_view_and_freezes_before_its_first_request():
     # gunicorn imports a4co.wsgi in each worker after the fork.
-    probe = ("import gc, sys; import a4co.wsgi; "
-             "print(gc.get_freeze_count(), 'orders.apis' in sys.modules, 'saga.apis' in sys.modules)")
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "a4co.settings.test"}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60,
-                         check=True).stdout.split()
+    out = _in_a_fresh_process("import a4co.wsgi; "
+                              "print(gc.get_freeze_count(), 'orders.apis' in sys.modules, 'saga.apis' in sys.modules)")
     assert int(out[0]) > 10_000 and out[1:] == ["True", "True"]
 
 
 def test_a_celery_pool_process_loads_the_relay_and_freezes():
-    probe = ("import gc, sys; from a4co.celery import _freeze_startup_heap; _freeze_startup_heap(); "
-             "print(gc.get_freeze_count(), 'infra.relay' in sys.modules)")
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "a4co.settings.test"}
-    out = subprocess.run([sys.executable, "-c", "import django; django.setup(); " + probe], env=env,
-                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    out = _in_a_fresh_process("import django; django.setup(); from a4co.celery import _freeze_startup_heap; "
+                              "_freeze_startup_heap(); print(gc.get_freeze_count(), 'infra.relay' in sys.modules)")
     assert int(out[0]) > 10_000 and out[1] == "True"
