@@ -11,10 +11,12 @@ if any order ends in the wrong state or the stock does not add up.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import http.client
 import json
 import os
+import platform
 import random
 import sys
 import threading
@@ -36,6 +38,46 @@ from saga.models import SagaInstance
 
 EXPECTED = {"ok": "CONFIRMED", "decline": "CANCELLED", "oos": "FAILED"}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PROBE_ITERATIONS = 3_000_000
+
+
+def cpu_probe_ms() -> float:
+    """How long this process takes for a fixed pure-Python loop (3 million multiply-adds), in ms:
+    the machine's speed for Python code at that moment.
+
+    Benchmark figures are comparable only at similar probe times: the same code on the same VM
+    type read 183–239 ms one day and 326–672 the next, and did 1.7 times fewer sagas per second
+    (docs/benchmarks.md, eighth round). Costs about that long of one core.
+    """
+    # Run as module-level code (global variables), like the `python3 -c` probe the figures in
+    # docs/benchmarks.md were recorded with: inside a function the same loop takes half as long.
+    code = compile(f"s = 0\nfor i in range({PROBE_ITERATIONS}):\n    s += i * i\n", "<cpu probe>", "exec")
+    started = time.perf_counter()
+    exec(code, {})  # a constant loop of ours, nothing from outside
+    return (time.perf_counter() - started) * 1000
+
+
+def machine_describe() -> dict:
+    """{"cpu": the CPU model (/proc/cpuinfo; the platform's processor string elsewhere), "cpus": how
+    many this process may run on}."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model or platform.processor() or platform.machine(), "cpus": cpus}
+
+
+def machine_line(machine: dict) -> str:
+    """The report's line about the machine: its CPU, and the probe times it carries (cpu_probe_ms)."""
+    probes = [f"{machine[key]:.0f} ms {when}" for key, when in (("probe_ms_before", "before"),
+                                                                 ("probe_ms_after", "after")) if key in machine]
+    probe = f"; CPU probe {', '.join(probes)} (a fixed Python loop: compare runs at similar probe times)" \
+        if probes else ""
+    cpus = machine["cpus"]
+    return f"machine: {machine['cpu']}, {cpus} CPU{'' if cpus == 1 else 's'}{probe}"
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -179,6 +221,7 @@ class LoadReport:
     cpu_seconds: dict[str, float]
     stock_problems: list[str]
     db_counts: dict[str, float] = dataclasses.field(default_factory=dict)
+    machine: dict = dataclasses.field(default_factory=dict)  # machine_describe() + the probe times
 
     @property
     def sagas_per_second(self) -> float:
@@ -206,7 +249,8 @@ class LoadReport:
                 "outcomes": dict(self.outcomes), "wrong": self.wrong[:20], "errors": dict(self.errors),
                 "cpu_seconds": {k: round(v, 2) for k, v in self.cpu_seconds.items()},
                 "cpu_ms_per_saga": round(self.cpu_ms_per_saga, 2), "stock_problems": self.stock_problems,
-                "postgres_per_saga": self.db_per_saga}
+                "postgres_per_saga": self.db_per_saga,
+                "machine": {k: round(v, 1) if isinstance(v, float) else v for k, v in self.machine.items()}}
 
 
 class LoadTest:
@@ -297,6 +341,8 @@ class LoadTest:
     def run(self) -> LoadReport:
         self._prepare()
         kinds = self.rng.choices(list(self.mix), weights=list(self.mix.values()), k=self.orders)
+        # Timed outside the measured span: the probe's own CPU is not the stack's.
+        machine = {**machine_describe(), "probe_ms_before": cpu_probe_ms()}
         cpu, db = CpuMeter(self.state_path), DbMeter()
         started = time.monotonic()
         in_flight = threading.BoundedSemaphore(self.concurrency)
@@ -343,7 +389,9 @@ class LoadTest:
         while (Product.objects.filter(product_id__in=watched, reserved_quantity__gt=0).exists()
                and time.monotonic() < deadline):
             time.sleep(0.05)
-        return self._report(ids, elapsed, cpu.spent(), db.spent())
+        report = self._report(ids, elapsed, cpu.spent(), db.spent())
+        report.machine = {**machine, "probe_ms_after": cpu_probe_ms()}
+        return report
 
     def _report(self, ids: list[str], elapsed: float, cpu_seconds: dict[str, float],
                 db_counts: dict[str, float]) -> LoadReport:

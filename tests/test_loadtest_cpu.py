@@ -1,5 +1,5 @@
 """loadtest's own mechanics: its CPU accounting (processes that leave their process group still
-count) and its kept-alive client connections."""
+count), its kept-alive client connections and the line that says what machine it ran on."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from infra.loadtest import LoadTest, _process_groups
+from infra.loadtest import LoadTest, _process_groups, cpu_probe_ms, machine_describe, machine_line
 from tests.helpers import FakeServer, http_request_read, wait_until
 
 BURN = """
@@ -63,3 +63,22 @@ def test_a_client_connection_the_server_closed_while_idle_is_replaced_before_use
         assert all(request.endswith(b'{"n": %d}' % n) for n, request in enumerate(server.seen))
     finally:
         server.close()
+
+
+def test_the_machine_line_names_the_cpu_and_the_probe_times():
+    machine = machine_describe()
+    assert machine["cpus"] == len(os.sched_getaffinity(0))
+    assert machine["cpu"] == next(line.partition(":")[2].strip() for line in open("/proc/cpuinfo")
+                                  if line.startswith("model name"))
+    assert machine_line({"cpu": "AMD EPYC", "cpus": 2, "probe_ms_before": 341.6, "probe_ms_after": 352.2}) == (
+        "machine: AMD EPYC, 2 CPUs; CPU probe 342 ms before, 352 ms after"
+        " (a fixed Python loop: compare runs at similar probe times)")
+    assert machine_line({"cpu": "x", "cpus": 1}) == "machine: x, 1 CPU"
+
+
+def test_the_probe_times_the_loop_it_runs(monkeypatch):
+    import infra.loadtest
+
+    full = cpu_probe_ms()
+    monkeypatch.setattr(infra.loadtest, "PROBE_ITERATIONS", infra.loadtest.PROBE_ITERATIONS // 100)
+    assert 0 < cpu_probe_ms() < full

@@ -24,6 +24,10 @@ def test_loadtest_drives_the_api_and_every_saga_ends_right(system, tmp_path, mod
     latency = report["latency_ms"]
     assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
     assert report["sagas_per_second"] > 0 and "loadtest" in report["cpu_seconds"]
+    # The machine it ran on, and how fast it was for Python code before and after the run.
+    machine = report["machine"]
+    assert machine["cpu"] and machine["cpus"] >= 1
+    assert machine["probe_ms_before"] > 0 and machine["probe_ms_after"] > 0
     # What PostgreSQL wrote: every saga commits its order's write transaction, and its share of the
     # others (reservation, payment, saga steps, outbox and inbox rows: one per batch of messages
     # under load), and some kilobytes of WAL.

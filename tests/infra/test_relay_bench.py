@@ -1,5 +1,6 @@
 """relay_bench works end to end (the figures themselves are in docs/benchmarks.md)."""
 import io
+import re
 
 import pytest
 from django.core.management import call_command
@@ -15,4 +16,5 @@ def test_relay_bench_publishes_every_row_once_and_cleans_up(relays):
     out = io.StringIO()
     call_command("relay_bench", messages=3000, batch=500, relays=relays, stdout=out)
     assert "published 3000 messages" in out.getvalue() and "stream holds 3000" in out.getvalue()
+    assert re.search(r"^machine: .+, \d+ CPUs; CPU probe \d+ ms before ", out.getvalue(), re.MULTILINE)
     assert not OutboxMessage.objects.exists()

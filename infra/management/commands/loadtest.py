@@ -6,7 +6,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from infra.loadtest import LoadTest, parse_mix
+from infra.loadtest import LoadTest, machine_line, parse_mix
 
 
 class Command(BaseCommand):
@@ -52,6 +52,7 @@ class Command(BaseCommand):
             + f" -> {report.cpu_ms_per_saga:.1f} CPU-ms per saga (stack, without the load generator)")
         if report.db_per_saga:
             out("PostgreSQL per saga: " + ", ".join(f"{v:,.1f} {k}" for k, v in report.db_per_saga.items()))
+        out(machine_line(report.machine))
         if json_path:
             json_path.write_text(json.dumps(report.as_dict(), indent=2))
         problems = report.wrong + report.stock_problems
