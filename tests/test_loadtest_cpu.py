@@ -7,7 +7,8 @@ import subprocess
 import sys
 import time
 
-from infra.loadtest import LoadTest, _process_groups, cpu_probe_ms, machine_describe, machine_line
+from infra.loadtest import LoadTest, _process_groups
+from infra.machine import cpu_probe_ms, machine_describe, machine_line
 from tests.helpers import FakeServer, http_request_read, wait_until
 
 BURN = """
@@ -77,8 +78,8 @@ def test_the_machine_line_names_the_cpu_and_the_probe_times():
 
 
 def test_the_probe_times_the_loop_it_runs(monkeypatch):
-    import infra.loadtest
+    import infra.machine
 
     full = cpu_probe_ms()
-    monkeypatch.setattr(infra.loadtest, "PROBE_ITERATIONS", infra.loadtest.PROBE_ITERATIONS // 100)
+    monkeypatch.setattr(infra.machine, "PROBE_ITERATIONS", infra.machine.PROBE_ITERATIONS // 100)
     assert 0 < cpu_probe_ms() < full

@@ -6,7 +6,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from infra.loadtest import LoadTest, machine_line, parse_mix
+from infra.loadtest import LoadTest, parse_mix
+from infra.machine import machine_line
 
 
 class Command(BaseCommand):

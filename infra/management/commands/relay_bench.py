@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections, transaction
 
 from infra import nats as nats_bus
-from infra.loadtest import cpu_probe_ms, machine_describe, machine_line
+from infra.machine import cpu_probe_ms, machine_describe, machine_line
 from infra.relay import outbox_relay_drain
 from infra.streams import STREAMS
 from orders.models import OutboxMessage
