@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,11 @@ def cpu_probe_ms() -> float:
 
 def machine_describe() -> dict:
     """{"cpu": the CPU model (/proc/cpuinfo; the platform's processor string elsewhere), "cpus": how
-    many this process may run on}."""
+    many this process may run on, "python": the interpreter and where it is installed}.
+
+    The interpreter is part of the machine: the same code under two CPython 3.11 builds on one VM
+    differed by about a tenth in CPU per saga (docs/benchmarks.md, eighth round), and a build's
+    optimisation flags cannot be read back reliably, so its place says which build it was."""
     model = ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -37,14 +42,17 @@ def machine_describe() -> dict:
                 model = line.partition(":")[2].strip()
                 break
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": model or platform.processor() or platform.machine(), "cpus": cpus}
+    python = f"{platform.python_implementation()} {platform.python_version()} ({sys.base_prefix})"
+    return {"cpu": model or platform.processor() or platform.machine(), "cpus": cpus, "python": python}
 
 
 def machine_line(machine: dict) -> str:
-    """The report's line about the machine: its CPU, and the probe times it carries (cpu_probe_ms)."""
+    """The report's line about the machine: its CPU, the interpreter when known, and the probe
+    times it carries (cpu_probe_ms)."""
     probes = [f"{machine[key]:.0f} ms {when}" for key, when in (("probe_ms_before", "before"),
                                                                  ("probe_ms_after", "after")) if key in machine]
     probe = f"; CPU probe {', '.join(probes)} (a fixed Python loop: compare runs at similar probe times)" \
         if probes else ""
     cpus = machine["cpus"]
-    return f"machine: {machine['cpu']}, {cpus} CPU{'' if cpus == 1 else 's'}{probe}"
+    python = f", {machine['python']}" if machine.get("python") else ""
+    return f"machine: {machine['cpu']}, {cpus} CPU{'' if cpus == 1 else 's'}{python}{probe}"

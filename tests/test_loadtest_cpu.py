@@ -3,6 +3,7 @@ count), its kept-alive client connections and the line that says what machine it
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -66,11 +67,16 @@ def test_a_client_connection_the_server_closed_while_idle_is_replaced_before_use
         server.close()
 
 
-def test_the_machine_line_names_the_cpu_and_the_probe_times():
+def test_the_machine_line_names_the_cpu_the_interpreter_and_the_probe_times():
     machine = machine_describe()
     assert machine["cpus"] == len(os.sched_getaffinity(0))
     assert machine["cpu"] == next(line.partition(":")[2].strip() for line in open("/proc/cpuinfo")
                                   if line.startswith("model name"))
+    assert machine["python"] == f"CPython {platform.python_version()} ({sys.base_prefix})"
+    debian = {"cpu": "AMD EPYC", "cpus": 2, "python": "CPython 3.11.2 (/usr)", "probe_ms_before": 261.4}
+    assert machine_line(debian) == (
+        "machine: AMD EPYC, 2 CPUs, CPython 3.11.2 (/usr); CPU probe 261 ms before"
+        " (a fixed Python loop: compare runs at similar probe times)")
     assert machine_line({"cpu": "AMD EPYC", "cpus": 2, "probe_ms_before": 341.6, "probe_ms_after": 352.2}) == (
         "machine: AMD EPYC, 2 CPUs; CPU probe 342 ms before, 352 ms after"
         " (a fixed Python loop: compare runs at similar probe times)")
