@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from infra.loadtest import LoadTest, _process_groups
+from infra.loadtest import CpuMeter, LoadTest, _process_groups
 from infra.machine import cpu_probe_ms, machine_describe, machine_line
 from tests.helpers import FakeServer, http_request_read, wait_until
 
@@ -89,3 +89,17 @@ def test_the_probe_times_the_loop_it_runs(monkeypatch):
     full = cpu_probe_ms()
     monkeypatch.setattr(infra.machine, "PROBE_ITERATIONS", infra.machine.PROBE_ITERATIONS // 100)
     assert 0 < cpu_probe_ms() < full
+
+
+def test_the_load_generators_cpu_is_its_own_process_not_its_group():
+    # Its process group is the shell's job: a sibling there that ends mid-run (a build, another
+    # command) took its CPU out of the group's sum and once made the figure read 0.00.
+    meter = CpuMeter(None)
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:
+        pass
+    child = "import time\nd = time.process_time() + 0.2\nwhile time.process_time() < d: pass"
+    subprocess.run([sys.executable, "-c", child], check=True)
+    spent = meter.spent()
+    assert set(spent) == {"loadtest"}
+    assert 0.38 <= spent["loadtest"] < 5  # this process's loop and its reaped child's
