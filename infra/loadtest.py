@@ -24,6 +24,7 @@ import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, connections
@@ -31,6 +32,8 @@ from rest_framework.authtoken.models import Token
 
 from a4co.http_clients import connection_closed_while_idle
 from infra.machine import cpu_probe_ms, machine_describe
+from infra.outbox import outbox_models
+from infra.streams import ROUTES
 from inventory.models import Product
 from orders.models import Order
 from saga.models import SagaInstance
@@ -173,6 +176,66 @@ class DbMeter:
 
 
 @dataclasses.dataclass
+class Hop:
+    """One message hop of the run's sagas: `subject` from an outbox to `consumer`'s inbox, medians
+    in ms of when it was appended (counted from its order's POST), of append -> published (the
+    relay: the rest of the appending transaction, the kick, the claim and the PubAck) and of
+    published -> the consumer's inbox row (JetStream's delivery, and the consumer taking it up:
+    in a batch, after the batch's earlier messages and, for payments, its Stripe calls)."""
+
+    subject: str
+    consumer: str
+    count: int
+    appended_ms: float
+    relay_ms: float
+    delivery_ms: float
+
+    def as_dict(self) -> dict:
+        return {"subject": self.subject, "consumer": self.consumer, "count": self.count,
+                "appended_ms": round(self.appended_ms, 1), "relay_ms": round(self.relay_ms, 1),
+                "delivery_ms": round(self.delivery_ms, 1)}
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def hops_measure(placed_at: dict[str, object]) -> list[Hop]:
+    """Where the time between POST and terminal status went, hop by hop, for the orders of
+    `placed_at` (order id -> its created_at), from the tables' own timestamps: each outbox row's
+    created_at and published_at, and the consuming inbox row's received_at (outbox id = Nats-Msg-Id
+    = inbox event id). Each service's outbox and inbox are read in its own database; rows of other
+    orders, rows not yet published and messages nobody consumed are left out. In saga order (by
+    when the hop's message was appended)."""
+    ids = list(placed_at)
+    sent: dict[str, tuple] = {}  # event id -> (subject, order id, created_at, published_at)
+    for model in outbox_models():
+        for chunk in _chunks(ids, 1000):
+            rows = model.objects.filter(aggregate_id__in=chunk, published_at__isnull=False) \
+                .values_list("id", "subject", "aggregate_id", "created_at", "published_at")
+            sent.update((str(event_id), rest) for event_id, *rest in rows)
+    seen: dict[tuple[str, str], tuple[list, list, list]] = defaultdict(lambda: ([], [], []))
+    for label in dict.fromkeys(route.inbox_model for route in ROUTES):
+        for chunk in _chunks(ids, 1000):
+            rows = apps.get_model(label).objects.filter(aggregate_id__in=chunk) \
+                .values_list("event_id", "consumer", "received_at")
+            for event_id, consumer, received in rows:
+                if event_id not in sent:
+                    continue
+                subject, order_id, created, published = sent[event_id]
+                appended, relayed, delivered = seen[(subject, consumer)]
+                appended.append((created - placed_at[order_id]).total_seconds() * 1000)
+                relayed.append((published - created).total_seconds() * 1000)
+                delivered.append((received - published).total_seconds() * 1000)
+    hops = [Hop(subject=subject, consumer=consumer, count=len(appended), appended_ms=_median(appended),
+                relay_ms=_median(relayed), delivery_ms=_median(delivered))
+            for (subject, consumer), (appended, relayed, delivered) in seen.items()]
+    return sorted(hops, key=lambda hop: (hop.appended_ms, hop.subject, hop.consumer))
+
+
+@dataclasses.dataclass
 class LoadReport:
     orders: int
     seconds: float
@@ -184,6 +247,7 @@ class LoadReport:
     stock_problems: list[str]
     db_counts: dict[str, float] = dataclasses.field(default_factory=dict)
     machine: dict = dataclasses.field(default_factory=dict)  # machine_describe() + the probe times
+    hops: list[Hop] = dataclasses.field(default_factory=list)
 
     @property
     def sagas_per_second(self) -> float:
@@ -211,7 +275,7 @@ class LoadReport:
                 "outcomes": dict(self.outcomes), "wrong": self.wrong[:20], "errors": dict(self.errors),
                 "cpu_seconds": {k: round(v, 2) for k, v in self.cpu_seconds.items()},
                 "cpu_ms_per_saga": round(self.cpu_ms_per_saga, 2), "stock_problems": self.stock_problems,
-                "postgres_per_saga": self.db_per_saga,
+                "postgres_per_saga": self.db_per_saga, "hops": [hop.as_dict() for hop in self.hops],
                 "machine": {k: round(v, 1) if isinstance(v, float) else v for k, v in self.machine.items()}}
 
 
@@ -379,5 +443,5 @@ class LoadTest:
                                       f"{product.stocked_quantity}")
         return LoadReport(orders=len(ids), seconds=elapsed, outcomes=outcomes, wrong=wrong, errors=self.errors,
                           latencies_ms=latencies, cpu_seconds=cpu_seconds, stock_problems=stock_problems,
-                          db_counts=db_counts)
+                          db_counts=db_counts, hops=hops_measure({str(k): v for k, v in created.items()}))
 

@@ -33,3 +33,13 @@ def test_loadtest_drives_the_api_and_every_saga_ends_right(system, tmp_path, mod
     # under load), and some kilobytes of WAL.
     counts = report["postgres_per_saga"]
     assert 1 <= counts["write transactions"] <= 40 and 1_000 < counts["WAL bytes"] < 200_000
+    # Where the time went between services: every order's orders.created reached inventory, and a
+    # paid saga's hops come in its order, each with a relay and a delivery time.
+    hops = {(hop["subject"], hop["consumer"]): hop for hop in report["hops"]}
+    assert hops[("orders.created", "inventory-service")]["count"] == 40
+    path = [hops[key]["appended_ms"] for key in (("orders.created", "inventory-service"),
+                                                 ("inventory.reserved", "order-service-inventory"),
+                                                 ("payments.process_request", "payment-service"),
+                                                 ("payments.succeeded", "order-service-payment"))]
+    assert path == sorted(path) and path[-1] < latency["p99"]
+    assert all(hop["relay_ms"] > 0 and hop["delivery_ms"] >= 0 for hop in report["hops"])

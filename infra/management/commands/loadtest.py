@@ -53,6 +53,13 @@ class Command(BaseCommand):
             + f" -> {report.cpu_ms_per_saga:.1f} CPU-ms per saga (stack, without the load generator)")
         if report.db_per_saga:
             out("PostgreSQL per saga: " + ", ".join(f"{v:,.1f} {k}" for k, v in report.db_per_saga.items()))
+        if report.hops:
+            out("hops (medians, ms; from the outbox and inbox timestamps): appended after the POST, "
+                "then relay = appended -> published, delivery = published -> taken up by the consumer")
+            width = max(len(f"{hop.subject} -> {hop.consumer}") for hop in report.hops)
+            for hop in report.hops:
+                out(f"  {hop.appended_ms:+7.1f}  {f'{hop.subject} -> {hop.consumer}':<{width}}  x{hop.count:<6} "
+                    f"relay {hop.relay_ms:6.1f}  delivery {hop.delivery_ms:6.1f}")
         out(machine_line(report.machine))
         if json_path:
             json_path.write_text(json.dumps(report.as_dict(), indent=2))
