@@ -5,11 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 PROBE_ITERATIONS = 3_000_000
+WAKE_ROUND_TRIPS = 10_000
+# The other end of the wake probe: answers each byte it reads with one byte, until end of file.
+_ECHO = "import os\nos.write(1, b'r')\nwhile os.read(0, 1):\n    os.write(1, b'x')\n"
 
 
 def cpu_probe_ms() -> float:
@@ -26,6 +30,37 @@ def cpu_probe_ms() -> float:
     started = time.perf_counter()
     exec(code, {})  # a constant loop of ours, nothing from outside
     return (time.perf_counter() - started) * 1000
+
+
+def wake_probe_us() -> float:
+    """How long a round trip between this process and another one takes, one byte over a pipe each
+    way, in microseconds (the median of WAKE_ROUND_TRIPS): what the machine charges for waking a
+    process that sleeps on a read, which a saga does dozens of times (the web, PostgreSQL, Redis,
+    the relay, NATS and the consumers hand each message on).
+
+    Recorded beside the CPU probe because that one missed a slowdown: on 2026-12-05 it read
+    253–332 ms in the morning and 251–274 ms in the afternoon, while the same code did 157–164 sagas/s
+    in the morning and 113–120 in the afternoon (docs/benchmarks.md, tenth round). Whether this
+    probe tells such days apart is not known yet: it has been recorded only since that afternoon.
+    Costs about half a second of wall time, most of it sleeping.
+    """
+    echo = subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    out, back = echo.stdin.fileno(), echo.stdout.fileno()
+    try:
+        if os.read(back, 1) != b"r":
+            raise RuntimeError("the wake probe's echo process did not start")
+        times = []
+        for _ in range(WAKE_ROUND_TRIPS):
+            started = time.perf_counter()
+            os.write(out, b"x")
+            os.read(back, 1)
+            times.append(time.perf_counter() - started)
+    finally:
+        echo.stdin.close()
+        echo.wait(timeout=10)
+        echo.stdout.close()
+    times.sort()
+    return times[len(times) // 2] * 1_000_000
 
 
 def machine_describe() -> dict:
@@ -48,11 +83,13 @@ def machine_describe() -> dict:
 
 def machine_line(machine: dict) -> str:
     """The report's line about the machine: its CPU, the interpreter when known, and the probe
-    times it carries (cpu_probe_ms)."""
+    times it carries (cpu_probe_ms, wake_probe_us)."""
     probes = [f"{machine[key]:.0f} ms {when}" for key, when in (("probe_ms_before", "before"),
                                                                  ("probe_ms_after", "after")) if key in machine]
     probe = f"; CPU probe {', '.join(probes)} (a fixed Python loop: compare runs at similar probe times)" \
         if probes else ""
+    if "wake_probe_us" in machine:
+        probe += f"; wake probe {machine['wake_probe_us']:.0f} µs (a process round trip over a pipe)"
     cpus = machine["cpus"]
     python = f", {machine['python']}" if machine.get("python") else ""
     return f"machine: {machine['cpu']}, {cpus} CPU{'' if cpus == 1 else 's'}{python}{probe}"
