@@ -31,7 +31,7 @@ from django.db import DatabaseError, connections
 from rest_framework.authtoken.models import Token
 
 from a4co.http_clients import connection_closed_while_idle
-from infra.machine import cpu_probe_ms, machine_describe, wake_probe_us
+from infra.machine import cpu_probe_ms, machine_describe, wake_probes_us
 from infra.outbox import outbox_models
 from infra.streams import ROUTES
 from inventory.models import Product
@@ -368,7 +368,7 @@ class LoadTest:
         self._prepare()
         kinds = self.rng.choices(list(self.mix), weights=list(self.mix.values()), k=self.orders)
         # Timed outside the measured span: the probe's own CPU is not the stack's.
-        machine = {**machine_describe(), "probe_ms_before": cpu_probe_ms(), "wake_probe_us": wake_probe_us()}
+        machine = {**machine_describe(), "probe_ms_before": cpu_probe_ms(), **wake_probes_us()}
         cpu, db = CpuMeter(self.state_path), DbMeter()
         started = time.monotonic()
         in_flight = threading.BoundedSemaphore(self.concurrency)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 PROBE_ITERATIONS = 3_000_000
 WAKE_ROUND_TRIPS = 10_000
-# The other end of the wake probe: answers each byte it reads with one byte, until end of file.
-_ECHO = "import os\nos.write(1, b'r')\nwhile os.read(0, 1):\n    os.write(1, b'x')\n"
+# The other end of the wake probe: on the CPU it is given, answers each byte it reads with one
+# byte, until end of file.
+_ECHO = ("import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nos.write(1, b'r')\n"
+         "while os.read(0, 1):\n    os.write(1, b'x')\n")
 
 
 def cpu_probe_ms() -> float:
@@ -32,21 +34,36 @@ def cpu_probe_ms() -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def wake_probe_us() -> float:
-    """How long a round trip between this process and another one takes, one byte over a pipe each
-    way, in microseconds (the median of WAKE_ROUND_TRIPS): what the machine charges for waking a
-    process that sleeps on a read, which a saga does dozens of times (the web, PostgreSQL, Redis,
-    the relay, NATS and the consumers hand each message on).
+def wake_probes_us() -> dict[str, float]:
+    """How long a round trip to another process takes, one byte over a pipe each way, in
+    microseconds (the median of WAKE_ROUND_TRIPS): {"wake_us_one_cpu": both processes on one CPU
+    (a switch from one to the other), "wake_us_two_cpus": each on a CPU of its own (waking a
+    process on another CPU, which a VM may charge for dearly; left out on a 1-CPU machine)}.
 
-    Recorded beside the CPU probe because that one missed a slowdown: on 2026-12-05 it read
-    253–332 ms in the morning and 251–274 ms in the afternoon, while the same code did 157–164 sagas/s
-    in the morning and 113–120 in the afternoon (docs/benchmarks.md, tenth round). Whether this
-    probe tells such days apart is not known yet: it has been recorded only since that afternoon.
-    Costs about half a second of wall time, most of it sleeping.
+    A saga is handed on dozens of times between processes (the web, PostgreSQL, Redis, the relay,
+    NATS, the consumers), each hand-off such a wake. The CPU probe does not see that cost: on
+    2026-12-05 it read 253–332 ms in the morning and 251–274 ms in the afternoon, while the same
+    code did 157–164 sagas/s in the morning and 113–120 in the afternoon (docs/benchmarks.md,
+    tenth round). The processes are pinned because where the scheduler puts them decides the
+    figure (unpinned, the same idle VM read 42 µs, and 6 µs with the stack running). Whether these
+    probes tell such days apart is not known yet: they are recorded from that afternoon on.
+    Costs about a second of wall time, most of it sleeping.
     """
-    echo = subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not cpus:
+        return {}
+    probes = {"wake_us_one_cpu": _wake_probe_us(cpus[0], cpus[0])}
+    if len(cpus) > 1:
+        probes["wake_us_two_cpus"] = _wake_probe_us(cpus[0], cpus[1])
+    return probes
+
+
+def _wake_probe_us(ours: int, theirs: int) -> float:
+    allowed = os.sched_getaffinity(0)
+    echo = subprocess.Popen([sys.executable, "-c", _ECHO, str(theirs)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     out, back = echo.stdin.fileno(), echo.stdout.fileno()
     try:
+        os.sched_setaffinity(0, {ours})  # this thread only, until the end of the probe
         if os.read(back, 1) != b"r":
             raise RuntimeError("the wake probe's echo process did not start")
         times = []
@@ -56,6 +73,7 @@ def wake_probe_us() -> float:
             os.read(back, 1)
             times.append(time.perf_counter() - started)
     finally:
+        os.sched_setaffinity(0, allowed)
         echo.stdin.close()
         echo.wait(timeout=10)
         echo.stdout.close()
@@ -83,13 +101,16 @@ def machine_describe() -> dict:
 
 def machine_line(machine: dict) -> str:
     """The report's line about the machine: its CPU, the interpreter when known, and the probe
-    times it carries (cpu_probe_ms, wake_probe_us)."""
+    times it carries (cpu_probe_ms, wake_probes_us)."""
     probes = [f"{machine[key]:.0f} ms {when}" for key, when in (("probe_ms_before", "before"),
                                                                  ("probe_ms_after", "after")) if key in machine]
     probe = f"; CPU probe {', '.join(probes)} (a fixed Python loop: compare runs at similar probe times)" \
         if probes else ""
-    if "wake_probe_us" in machine:
-        probe += f"; wake probe {machine['wake_probe_us']:.0f} µs (a process round trip over a pipe)"
+    wakes = [f"{machine[key]:.0f} µs {where}" for key, where in (("wake_us_one_cpu", "on one CPU"),
+                                                                   ("wake_us_two_cpus", "across two"))
+             if key in machine]
+    if wakes:
+        probe += f"; wake probe {', '.join(wakes)} (a process round trip over a pipe)"
     cpus = machine["cpus"]
     python = f", {machine['python']}" if machine.get("python") else ""
     return f"machine: {machine['cpu']}, {cpus} CPU{'' if cpus == 1 else 's'}{python}{probe}"

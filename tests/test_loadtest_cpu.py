@@ -9,7 +9,7 @@ import sys
 import time
 
 from infra.loadtest import CpuMeter, LoadTest, _process_groups
-from infra.machine import cpu_probe_ms, machine_describe, machine_line, wake_probe_us
+from infra.machine import cpu_probe_ms, machine_describe, machine_line, wake_probes_us
 from tests.helpers import FakeServer, http_request_read, wait_until
 
 BURN = """
@@ -81,13 +81,13 @@ def test_the_machine_line_names_the_cpu_the_interpreter_and_the_probe_times():
         "machine: AMD EPYC, 2 CPUs; CPU probe 342 ms before, 352 ms after"
         " (a fixed Python loop: compare runs at similar probe times)")
     assert machine_line({"cpu": "x", "cpus": 1}) == "machine: x, 1 CPU"
-    assert machine_line({**debian, "probe_ms_after": 270.2, "wake_probe_us": 41.3}) == (
+    assert machine_line({**debian, "probe_ms_after": 270.2, "wake_us_one_cpu": 5.8, "wake_us_two_cpus": 51.6}) == (
         "machine: AMD EPYC, 2 CPUs, CPython 3.11.2 (/usr); CPU probe 261 ms before, 270 ms after"
         " (a fixed Python loop: compare runs at similar probe times);"
-        " wake probe 41 µs (a process round trip over a pipe)")
+        " wake probe 6 µs on one CPU, 52 µs across two (a process round trip over a pipe)")
 
 
-def test_the_wake_probe_times_round_trips_to_a_process_it_ends(monkeypatch):
+def test_the_wake_probes_time_round_trips_to_a_process_pinned_where_they_say(monkeypatch):
     import infra.machine
 
     started = []
@@ -95,11 +95,17 @@ def test_the_wake_probe_times_round_trips_to_a_process_it_ends(monkeypatch):
     monkeypatch.setattr(infra.machine.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k))
                         or started[-1])
     monkeypatch.setattr(infra.machine, "WAKE_ROUND_TRIPS", 200)
-    probe = wake_probe_us()
-    # A round trip wakes the other process and waits for it to answer: microseconds, not nothing,
-    # and far less than a scheduler tick would be if it were polling.
-    assert 1 < probe < 4_000
-    assert len(started) == 1 and started[0].returncode == 0, "the echo process read end of file and exited"
+    allowed = os.sched_getaffinity(0)
+    cpus = sorted(allowed)
+    probes = wake_probes_us()
+    # A round trip wakes the other process and waits for it to answer: microseconds, not nothing.
+    assert set(probes) == ({"wake_us_one_cpu", "wake_us_two_cpus"} if len(cpus) > 1 else {"wake_us_one_cpu"})
+    assert all(1 < probe < 4_000 for probe in probes.values())
+    # Each echo process ran where it was told (its last argument) and exited at end of file; this
+    # thread may run anywhere again.
+    assert [process.args[-1] for process in started] == [str(cpu) for cpu in cpus[:2]]
+    assert all(process.returncode == 0 for process in started)
+    assert os.sched_getaffinity(0) == allowed
 
 
 def test_the_probe_times_the_loop_it_runs(monkeypatch):
