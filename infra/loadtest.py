@@ -23,6 +23,7 @@ import urllib.parse
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
+from statistics import median
 
 from django.apps import apps
 from django.conf import settings
@@ -31,7 +32,7 @@ from django.db import DatabaseError, connections
 from rest_framework.authtoken.models import Token
 
 from a4co.http_clients import connection_closed_while_idle
-from infra.machine import cpu_probe_ms, machine_describe, wake_probes_us
+from infra.machine import cpu_probe_ms, machine_probed
 from infra.outbox import outbox_models
 from infra.streams import ROUTES
 from inventory.models import Product
@@ -196,12 +197,6 @@ class Hop:
                 "delivery_ms": round(self.delivery_ms, 1)}
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def hops_measure(placed_at: dict[str, object]) -> list[Hop]:
     """Where the time between POST and terminal status went, hop by hop, for the orders of
     `placed_at` (order id -> its created_at), from the tables' own timestamps: each outbox row's
@@ -229,8 +224,8 @@ def hops_measure(placed_at: dict[str, object]) -> list[Hop]:
                 appended.append((created - placed_at[order_id]).total_seconds() * 1000)
                 relayed.append((published - created).total_seconds() * 1000)
                 delivered.append((received - published).total_seconds() * 1000)
-    hops = [Hop(subject=subject, consumer=consumer, count=len(appended), appended_ms=_median(appended),
-                relay_ms=_median(relayed), delivery_ms=_median(delivered))
+    hops = [Hop(subject=subject, consumer=consumer, count=len(appended), appended_ms=median(appended),
+                relay_ms=median(relayed), delivery_ms=median(delivered))
             for (subject, consumer), (appended, relayed, delivered) in seen.items()]
     return sorted(hops, key=lambda hop: (hop.appended_ms, hop.subject, hop.consumer))
 
@@ -368,7 +363,7 @@ class LoadTest:
         self._prepare()
         kinds = self.rng.choices(list(self.mix), weights=list(self.mix.values()), k=self.orders)
         # Timed outside the measured span: the probe's own CPU is not the stack's.
-        machine = {**machine_describe(), "probe_ms_before": cpu_probe_ms(), **wake_probes_us()}
+        machine = machine_probed()
         cpu, db = CpuMeter(self.state_path), DbMeter()
         started = time.monotonic()
         in_flight = threading.BoundedSemaphore(self.concurrency)

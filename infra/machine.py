@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -42,7 +43,7 @@ def wake_probes_us() -> dict[str, float]:
 
     A saga is handed on dozens of times between processes (the web, PostgreSQL, Redis, the relay,
     NATS, the consumers), each hand-off such a wake. The CPU probe does not see that cost: on
-    2026-12-05 it read 253–332 ms in the morning and 251–274 ms in the afternoon, while the same
+    2026-12-05 it read 253–332 ms in the morning and 251–298 ms in the afternoon, while the same
     code did 157–164 sagas/s in the morning and 113–120 in the afternoon (docs/benchmarks.md,
     tenth round). The processes are pinned because where the scheduler puts them decides the
     figure (unpinned, the same idle VM read 42 µs, and 6 µs with the stack running). Whether these
@@ -77,8 +78,13 @@ def _wake_probe_us(ours: int, theirs: int) -> float:
         echo.stdin.close()
         echo.wait(timeout=10)
         echo.stdout.close()
-    times.sort()
-    return times[len(times) // 2] * 1_000_000
+    return statistics.median(times) * 1_000_000
+
+
+def machine_probed() -> dict:
+    """machine_describe() with the probes a benchmark takes before its run: "probe_ms_before"
+    (cpu_probe_ms) and the wake probes (wake_probes_us)."""
+    return {**machine_describe(), "probe_ms_before": cpu_probe_ms(), **wake_probes_us()}
 
 
 def machine_describe() -> dict:

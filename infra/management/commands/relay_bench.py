@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections, transaction
 
 from infra import nats as nats_bus
-from infra.machine import cpu_probe_ms, machine_describe, machine_line, wake_probes_us
+from infra.machine import machine_line, machine_probed
 from infra.relay import outbox_relay_drain
 from infra.streams import STREAMS
 from orders.models import OutboxMessage
@@ -43,8 +43,7 @@ class Command(BaseCommand):
         nats_bus.jetstream_ensure([stream], [])
         try:
             self._fill(messages)
-            self.stdout.write(machine_line({**machine_describe(), "probe_ms_before": cpu_probe_ms(),
-                                            **wake_probes_us()}))
+            self.stdout.write(machine_line(machine_probed()))
             self.stdout.write(f"outbox filled with {messages} rows; draining with {relays} relay(s), batch {batch}"
                               f"{', one publish per message' if per_message else ''}")
             started = time.perf_counter()
