@@ -182,7 +182,9 @@ class Hop:
     in ms of when it was appended (counted from its order's POST), of append -> published (the
     relay: the rest of the appending transaction, the kick, the claim and the PubAck) and of
     published -> the consumer's inbox row (JetStream's delivery, and the consumer taking it up:
-    in a batch, after the batch's earlier messages and, for payments, its Stripe calls)."""
+    in a batch, after the batch's earlier messages and, for payments, its Stripe calls).
+    "Published" is when the relay had the stream's ack, and the consumer may have the message
+    before that: at light load a delivery can be a fraction of a millisecond below zero."""
 
     subject: str
     consumer: str

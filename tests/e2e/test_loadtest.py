@@ -42,4 +42,6 @@ def test_loadtest_drives_the_api_and_every_saga_ends_right(system, tmp_path, mod
                                                  ("payments.process_request", "payment-service"),
                                                  ("payments.succeeded", "order-service-payment"))]
     assert path == sorted(path) and path[-1] < latency["p99"]
-    assert all(hop["relay_ms"] > 0 and hop["delivery_ms"] >= 0 for hop in report["hops"])
+    # published_at is when the relay had the stream's ack, and a consumer may take the message up
+    # before that: what is sure is that it takes it up after it was appended.
+    assert all(hop["relay_ms"] > 0 and hop["delivery_ms"] > -hop["relay_ms"] for hop in report["hops"])
