@@ -124,6 +124,15 @@ def sql_update_values(model, pk, values: dict, using: str, *, where: str = "", w
             + (f" AND {where}" if where else "")), params
 
 
+def sql_array(values) -> str:
+    """A PostgreSQL array literal of str() of each value, quoted (any text is safe), to pass as one
+    parameter and cast in the SQL: `= ANY(%s::text::uuid[])`, `unnest(%s::text::int[])`.
+
+    Why not a list parameter: psycopg dumps a list element by element in Python, which cost more
+    of a consumer's CPU (~4 %) than the statements that use them. No NULL elements."""
+    return "{" + ",".join('"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
+
+
 def mark_saved(using: str, *instances) -> None:
     """Mark instances written by sql_insert as the ORM marks what it saved (not adding, on `using`)."""
     for instance in instances:

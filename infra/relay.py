@@ -30,6 +30,7 @@ from django.conf import settings
 from django.db import connections, router, transaction
 
 from a4co import clock
+from a4co.db import sql_array
 from a4co.routers import same_database
 from infra import metrics
 from infra import nats as nats_bus
@@ -100,8 +101,8 @@ def outbox_relay_batch_together(models: Sequence, *, batch_size: int,
         for outbox, pairs in failed.items():
             cursor.execute(
                 f"UPDATE {tables[outbox]} AS o SET attempts = o.attempts + 1, last_error = v.error"
-                " FROM unnest(%s::uuid[], %s::text[]) AS v(id, error) WHERE o.id = v.id",
-                [[row[1] for row, _ in pairs], [result.error[:2000] for _, result in pairs]])
+                " FROM unnest(%s::text::uuid[], %s::text[]) AS v(id, error) WHERE o.id = v.id",
+                [sql_array(row[1] for row, _ in pairs), sql_array(result.error[:2000] for _, result in pairs)])
             log.warning("relay: %d of %d %s rows not published: %s", len(pairs),
                         len(pairs) + len(published.get(outbox, ())), models[outbox]._meta.label, pairs[0][1].error)
         for outbox, model in enumerate(models):
@@ -133,19 +134,12 @@ def _published_statement(marks: Sequence[tuple[str, list]], now) -> tuple[str, l
     for table, pairs in marks:
         updates.append(f"UPDATE {table} AS o SET published_at = %s, stream_sequence = v.seq"
                        " FROM unnest(%s::text::uuid[], %s::text::bigint[]) AS v(id, seq) WHERE o.id = v.id")
-        params += [now, _array_literal(row[1] for row, _ in pairs),
-                   _array_literal(str(result.sequence) for _, result in pairs)]
+        params += [now, sql_array(row[1] for row, _ in pairs),
+                   sql_array(str(result.sequence) for _, result in pairs)]
     if len(updates) == 1:
         return updates[0], params
     ctes = ", ".join(f"u{index} AS ({update})" for index, update in enumerate(updates))
     return f"WITH {ctes} SELECT 1", params
-
-
-def _array_literal(values) -> str:
-    """A PostgreSQL array literal of plain tokens (UUID texts, integers: nothing to escape).
-
-    One text parameter instead of a list psycopg would dump element by element."""
-    return "{" + ",".join(values) + "}"
 
 
 def outbox_relay_drain(*, batch_size: int | None = None, max_batches: int = 1000,

@@ -21,7 +21,15 @@ from django.conf import settings
 from django.db import transaction
 
 from a4co import clock
-from a4co.db import mark_saved, model_pairs_select, models_select, sql_insert, sql_update, statements_run_together
+from a4co.db import (
+    mark_saved,
+    model_pairs_select,
+    models_select,
+    sql_array,
+    sql_insert,
+    sql_update,
+    statements_run_together,
+)
 from a4co.errors import ApplicationError
 from infra.outbox import outbox_append
 from inventory.messages import InventoryOutOfStock, InventoryReleased, InventoryReserved
@@ -72,7 +80,7 @@ def _locked_products(product_ids) -> dict[str, Product]:
     if rows is not None and rows.product_ids.issuperset(wanted):
         return {pid: rows.products[pid] for pid in wanted if pid in rows.products}
     return {p.product_id: p for p in models_select(
-        Product, DB, "product_id = ANY(%s)", [wanted], tail="ORDER BY product_id FOR UPDATE")}
+        Product, DB, "product_id = ANY(%s::text[])", [sql_array(wanted)], tail="ORDER BY product_id FOR UPDATE")}
 
 
 def _reservation_locked(order_id: str) -> Reservation | None:
@@ -102,17 +110,18 @@ def stock_locks_take(*, order_ids, product_ids) -> _BatchRows:
     batches and single transactions from deadlocking on the shared product rows.
     """
     order_ids = sorted(set(order_ids))
-    reservations = models_select(Reservation, DB, "order_id = ANY(%s)", [order_ids],
+    reservations = models_select(Reservation, DB, "order_id = ANY(%s::text[])", [sql_array(order_ids)],
                                  tail="ORDER BY order_id FOR UPDATE")
     reservation_ids = [reservation.id for reservation in reservations]
     wanted = sorted(set(product_ids))
     products = models_select(
-        Product, DB, f"product_id = ANY(%s) OR product_id IN (SELECT product_id FROM {ReservationItem._meta.db_table}"
-        " WHERE reservation_id = ANY(%s))", [wanted, reservation_ids], tail="ORDER BY product_id FOR UPDATE")
+        Product, DB, f"product_id = ANY(%s::text[]) OR product_id IN (SELECT product_id"
+        f" FROM {ReservationItem._meta.db_table} WHERE reservation_id = ANY(%s::text::uuid[]))",
+        [sql_array(wanted), sql_array(reservation_ids)], tail="ORDER BY product_id FOR UPDATE")
     items: dict[object, list[ReservationItem]] = {reservation_id: [] for reservation_id in reservation_ids}
     if reservation_ids:
-        for item in models_select(ReservationItem, DB, "reservation_id = ANY(%s)", [reservation_ids],
-                                  tail="ORDER BY id"):
+        for item in models_select(ReservationItem, DB, "reservation_id = ANY(%s::text::uuid[])",
+                                  [sql_array(reservation_ids)], tail="ORDER BY id"):
             items[item.reservation_id].append(item)
     by_order: dict[str, Reservation | None] = dict.fromkeys(order_ids)
     by_order.update((reservation.order_id, reservation) for reservation in reservations)
@@ -176,10 +185,11 @@ def _products_sql(products: dict[str, Product], now: dt.datetime) -> tuple[str, 
         product.updated_at = now
     return (f"UPDATE {Product._meta.db_table} AS p SET available_quantity = v.available,"
             " reserved_quantity = v.reserved, sold_quantity = v.sold, updated_at = %s"
-            " FROM unnest(%s::text[], %s::int[], %s::int[], %s::int[]) AS v(id, available, reserved, sold)"
+            " FROM unnest(%s::text[], %s::text::int[], %s::text::int[], %s::text::int[])"
+            " AS v(id, available, reserved, sold)"
             " WHERE p.product_id = v.id",
-            [now, [p.product_id for p in rows], [p.available_quantity for p in rows],
-             [p.reserved_quantity for p in rows], [p.sold_quantity for p in rows]])
+            [now, sql_array(p.product_id for p in rows), sql_array(p.available_quantity for p in rows),
+             sql_array(p.reserved_quantity for p in rows), sql_array(p.sold_quantity for p in rows)])
 
 
 def _reservation_announce(reservation: Reservation, items: list[ReservationItem] | None = None) -> None:

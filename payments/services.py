@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import connections, transaction
 
 from a4co import clock
-from a4co.db import mark_saved, sql_execute, sql_insert, sql_update_values, statements_run_together
+from a4co.db import mark_saved, sql_array, sql_execute, sql_insert, sql_update_values, statements_run_together
 from a4co.money import to_minor_units
 from infra.outbox import outbox_append, outbox_append_statement
 from payments import stripe_gateway as gateway
@@ -235,7 +235,7 @@ def _intent_store(payment: Payment, intent_id: str) -> bool:
     stored = sql_execute(DB, sql_update_values(
         Payment, payment.id, {"stripe_payment_intent_id": intent_id, "attempts": payment.attempts + 1,
                               "updated_at": now},
-        DB, where="status = ANY(%s) AND stripe_payment_intent_id = ''", where_params=[[str(s) for s in OPEN]]))
+        DB, where="status = ANY(%s::text[]) AND stripe_payment_intent_id = ''", where_params=[sql_array(OPEN)]))
     if stored:
         payment.stripe_payment_intent_id, payment.updated_at = intent_id, now
         payment.attempts += 1
@@ -248,8 +248,8 @@ def _payment_update(payment: Payment, *, only_if: tuple, **fields) -> Payment:
     One autocommitted UPDATE (atomic on its own); the row is read again only when it had moved on.
     """
     fields["updated_at"] = clock.now()
-    updated = sql_execute(DB, sql_update_values(Payment, payment.id, fields, DB, where="status = ANY(%s)",
-                                                where_params=[[str(s) for s in only_if]]))
+    updated = sql_execute(DB, sql_update_values(Payment, payment.id, fields, DB, where="status = ANY(%s::text[])",
+                                                where_params=[sql_array(only_if)]))
     if not updated:  # it moved on meanwhile: report where it is now
         return Payment.objects.using(DB).get(id=payment.id)
     for name, value in fields.items():
@@ -332,8 +332,8 @@ def payment_outcome_store(*, payment: Payment, outcome: dict) -> None:
     its event, or the event without the outcome.
     """
     fields = {**outcome, "updated_at": clock.now()}
-    update, params = sql_update_values(Payment, payment.id, fields, DB, where="status = ANY(%s)",
-                                       where_params=[[str(s) for s in OPEN]])
+    update, params = sql_update_values(Payment, payment.id, fields, DB, where="status = ANY(%s::text[])",
+                                       where_params=[sql_array(OPEN)])
     for name, value in fields.items():
         setattr(payment, name, value)
     message = _outcome_message(payment)

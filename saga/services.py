@@ -22,7 +22,15 @@ from django.conf import settings
 from django.db import transaction
 
 from a4co import clock
-from a4co.db import mark_saved, model_pairs_select, sql_insert, sql_update, statements_run_together, writes_flush
+from a4co.db import (
+    mark_saved,
+    model_pairs_select,
+    sql_array,
+    sql_insert,
+    sql_update,
+    statements_run_together,
+    writes_flush,
+)
 from a4co.errors import ApplicationError, NotFoundError
 from infra.consumers import current_event_id
 from infra.outbox import outbox_append
@@ -104,7 +112,7 @@ def sagas_batch_locked(order_ids) -> Iterator[None]:
         except ValueError:
             continue
     _batch.sagas = {str(saga.order_id): saga for saga in _sagas_with_orders_locked(
-        "f.order_id = ANY(%s)", [sorted(wanted)], order_by="ORDER BY f.order_id")}
+        "f.order_id = ANY(%s::text::uuid[])", [sql_array(sorted(wanted))], order_by="ORDER BY f.order_id")}
     try:
         yield
     finally:

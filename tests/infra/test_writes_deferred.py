@@ -8,7 +8,7 @@ import uuid
 import pytest
 from django.db import IntegrityError, connections, transaction
 
-from a4co.db import statement_defer, statements_run_together, writes_deferred, writes_flush
+from a4co.db import sql_array, statement_defer, statements_run_together, writes_deferred, writes_flush
 from infra.outbox import DuplicateDeliveryError, inbox_conflict, inbox_record, outbox_append
 from inventory.messages import InventoryOutOfStock
 from inventory.models import InboxMessage
@@ -148,3 +148,16 @@ def test_writes_flush_sends_what_is_queued_so_that_the_transaction_reads_it():
         writes_flush(DB)  # nothing queued: nothing sent
     assert InboxMessage.objects.using(DB).filter(event_id=event_id).count() == 1
     writes_flush(DB)  # outside writes_deferred: nothing to do
+
+
+@pytest.mark.parametrize(("cast", "values", "expected"), [
+    ("text[]", ['plain', 'a "quoted" one', 'back\\slash', 'comma,brace}{', ' spaced ', 'NULL', ''],
+     ['plain', 'a "quoted" one', 'back\\slash', 'comma,brace}{', ' spaced ', 'NULL', '']),
+    ("text::int[]", [3, -1, 0], [3, -1, 0]),
+    ("text::uuid[]", [uuid.UUID(int=1), uuid.UUID(int=2)], [uuid.UUID(int=1), uuid.UUID(int=2)]),
+    ("text[]", [], []),
+])
+def test_sql_array_reaches_postgresql_as_the_values_it_was_given(cast, values, expected):
+    with connections[DB].cursor() as cursor:
+        cursor.execute(f"SELECT %s::{cast}", [sql_array(values)])
+        assert cursor.fetchone()[0] == expected
