@@ -135,7 +135,7 @@ def _published_statement(marks: Sequence[tuple[str, list]], now) -> tuple[str, l
         updates.append(f"UPDATE {table} AS o SET published_at = %s, stream_sequence = v.seq"
                        " FROM unnest(%s::text::uuid[], %s::text::bigint[]) AS v(id, seq) WHERE o.id = v.id")
         params += [now, sql_array(row[1] for row, _ in pairs),
-                   sql_array(str(result.sequence) for _, result in pairs)]
+                   sql_array(result.sequence for _, result in pairs)]
     if len(updates) == 1:
         return updates[0], params
     ctes = ", ".join(f"u{index} AS ({update})" for index, update in enumerate(updates))

@@ -36,6 +36,7 @@ from payments.models import OutboxMessage, Payment, StripeWebhookEvent
 log = logging.getLogger(__name__)
 DB = "payments"
 OPEN = (Payment.Status.PROCESSING, Payment.Status.REQUIRES_ACTION)
+OPEN_SQL_ARRAY = sql_array(OPEN)  # the parameter of "status = ANY(%s::text[])", built once
 SETTLED = (Payment.Status.FAILED, Payment.Status.CANCELED, Payment.Status.REFUNDED)
 
 
@@ -235,7 +236,7 @@ def _intent_store(payment: Payment, intent_id: str) -> bool:
     stored = sql_execute(DB, sql_update_values(
         Payment, payment.id, {"stripe_payment_intent_id": intent_id, "attempts": payment.attempts + 1,
                               "updated_at": now},
-        DB, where="status = ANY(%s::text[]) AND stripe_payment_intent_id = ''", where_params=[sql_array(OPEN)]))
+        DB, where="status = ANY(%s::text[]) AND stripe_payment_intent_id = ''", where_params=[OPEN_SQL_ARRAY]))
     if stored:
         payment.stripe_payment_intent_id, payment.updated_at = intent_id, now
         payment.attempts += 1
@@ -333,7 +334,7 @@ def payment_outcome_store(*, payment: Payment, outcome: dict) -> None:
     """
     fields = {**outcome, "updated_at": clock.now()}
     update, params = sql_update_values(Payment, payment.id, fields, DB, where="status = ANY(%s::text[])",
-                                       where_params=[sql_array(OPEN)])
+                                       where_params=[OPEN_SQL_ARRAY])
     for name, value in fields.items():
         setattr(payment, name, value)
     message = _outcome_message(payment)

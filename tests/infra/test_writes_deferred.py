@@ -1,5 +1,6 @@
 """a4co.db.writes_deferred: the inbox and outbox rows of a handled message travel with its other
-writes, and a transaction whose writes are one statement runs it without BEGIN/COMMIT."""
+writes, and a transaction whose writes are one statement runs it without BEGIN/COMMIT; and
+a4co.db.sql_array, the one-parameter arrays those hot-path statements use."""
 from __future__ import annotations
 
 import tempfile
