@@ -46,8 +46,10 @@ def wake_probes_us() -> dict[str, float]:
     2026-12-05 it read 253–332 ms in the morning and 251–298 ms in the afternoon, while the same
     code did 157–164 sagas/s in the morning and 113–120 in the afternoon (docs/benchmarks.md,
     tenth round). The processes are pinned because where the scheduler puts them decides the
-    figure (unpinned, the same idle VM read 42 µs, and 6 µs with the stack running). Whether these
-    probes tell such days apart is not known yet: they are recorded from that afternoon on.
+    figure (unpinned, the same idle VM read 42 µs, and 6 µs with the stack running). They do not
+    tell such days apart on their own: an Intel VM at 8 µs across two CPUs did 229–239 sagas/s and
+    p50 27 ms at 75/s, but an AMD VM made to read 6 µs (cpu_idle) did 134–152 and 129–337 ms,
+    no better than at 37–50 µs (docs/benchmarks.md, twelfth round).
     Costs about a second of wall time, most of it sleeping.
     """
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -89,7 +91,8 @@ def machine_probed() -> dict:
 
 def machine_describe() -> dict:
     """{"cpu": the CPU model (/proc/cpuinfo; the platform's processor string elsewhere), "cpus": how
-    many this process may run on, "python": the interpreter and where it is installed}.
+    many this process may run on, "python": the interpreter and where it is installed, "idle": how
+    an idle CPU waits (cpu_idle; left out where Linux does not say)}.
 
     The interpreter is part of the machine: the same code under two CPython 3.11 builds on one VM
     differed by about a tenth in CPU per saga (docs/benchmarks.md, eighth round), and a build's
@@ -102,12 +105,40 @@ def machine_describe() -> dict:
                 break
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     python = f"{platform.python_implementation()} {platform.python_version()} ({sys.base_prefix})"
-    return {"cpu": model or platform.processor() or platform.machine(), "cpus": cpus, "python": python}
+    described = {"cpu": model or platform.processor() or platform.machine(), "cpus": cpus, "python": python}
+    idle = cpu_idle()
+    if idle:
+        described["idle"] = idle
+    return described
+
+
+CPUIDLE = Path("/sys/devices/system/cpu/cpuidle")
+HALTPOLL = Path("/sys/module/haltpoll/parameters")
+
+
+def cpu_idle(cpuidle: Path = CPUIDLE, haltpoll: Path = HALTPOLL) -> str:
+    """How an idle CPU waits, as Linux says it (sysfs): the cpuidle driver, and for KVM's `haltpoll`
+    driver how long a guest CPU polls before it halts (`guest_halt_poll_ns`); "" where not known.
+
+    It decides what the cross-CPU wake probe reads: the same AMD EPYC VM read 37–50 µs with
+    `haltpoll` polling for 0 µs (how that VM type boots) and 6 µs polling for up to 200 µs. It did
+    not decide the saga figures there (docs/benchmarks.md, twelfth round), but a reader comparing
+    two machines' figures should know it.
+    """
+    try:
+        driver = (cpuidle / "current_driver").read_text().strip()
+    except OSError:
+        return ""
+    if driver == "haltpoll":
+        with contextlib.suppress(OSError, ValueError):
+            poll_us = int((haltpoll / "guest_halt_poll_ns").read_text()) // 1000
+            driver += f" (guest polls up to {poll_us} µs before halting)"
+    return driver
 
 
 def machine_line(machine: dict) -> str:
-    """The report's line about the machine: its CPU, the interpreter when known, and the probe
-    times it carries (cpu_probe_ms, wake_probes_us)."""
+    """The report's line about the machine: its CPU, the interpreter and how idle CPUs wait
+    (cpu_idle) when known, and the probe times it carries (cpu_probe_ms, wake_probes_us)."""
     probes = [f"{machine[key]:.0f} ms {when}" for key, when in (("probe_ms_before", "before"),
                                                                  ("probe_ms_after", "after")) if key in machine]
     probe = f"; CPU probe {', '.join(probes)} (a fixed Python loop: compare runs at similar probe times)" \
@@ -119,4 +150,5 @@ def machine_line(machine: dict) -> str:
         probe += f"; wake probe {', '.join(wakes)} (a process round trip over a pipe)"
     cpus = machine["cpus"]
     python = f", {machine['python']}" if machine.get("python") else ""
-    return f"machine: {machine['cpu']}, {cpus} CPU{'' if cpus == 1 else 's'}{python}{probe}"
+    idle = f", cpuidle {machine['idle']}" if machine.get("idle") else ""
+    return f"machine: {machine['cpu']}, {cpus} CPU{'' if cpus == 1 else 's'}{python}{idle}{probe}"

@@ -9,7 +9,7 @@ import sys
 import time
 
 from infra.loadtest import CpuMeter, LoadTest, _process_groups
-from infra.machine import cpu_probe_ms, machine_describe, machine_line, wake_probes_us
+from infra.machine import cpu_idle, cpu_probe_ms, machine_describe, machine_line, wake_probes_us
 from tests.helpers import FakeServer, http_request_read, wait_until
 
 BURN = """
@@ -81,10 +81,30 @@ def test_the_machine_line_names_the_cpu_the_interpreter_and_the_probe_times():
         "machine: AMD EPYC, 2 CPUs; CPU probe 342 ms before, 352 ms after"
         " (a fixed Python loop: compare runs at similar probe times)")
     assert machine_line({"cpu": "x", "cpus": 1}) == "machine: x, 1 CPU"
+    assert machine_line({**debian, "idle": "none"}) == (
+        "machine: AMD EPYC, 2 CPUs, CPython 3.11.2 (/usr), cpuidle none; CPU probe 261 ms before"
+        " (a fixed Python loop: compare runs at similar probe times)")
     assert machine_line({**debian, "probe_ms_after": 270.2, "wake_us_one_cpu": 5.8, "wake_us_two_cpus": 51.6}) == (
         "machine: AMD EPYC, 2 CPUs, CPython 3.11.2 (/usr); CPU probe 261 ms before, 270 ms after"
         " (a fixed Python loop: compare runs at similar probe times);"
         " wake probe 6 µs on one CPU, 52 µs across two (a process round trip over a pipe)")
+
+
+def test_the_machine_says_how_its_idle_cpus_wait(tmp_path):
+    cpuidle, haltpoll = tmp_path / "cpuidle", tmp_path / "haltpoll"
+    assert cpu_idle(cpuidle, haltpoll) == ""  # no cpuidle in sysfs: nothing said
+    cpuidle.mkdir()
+    (cpuidle / "current_driver").write_text("intel_idle\n")
+    assert cpu_idle(cpuidle, haltpoll) == "intel_idle"
+    (cpuidle / "current_driver").write_text("haltpoll\n")
+    assert cpu_idle(cpuidle, haltpoll) == "haltpoll"  # its parameters unreadable: the driver alone
+    haltpoll.mkdir()
+    (haltpoll / "guest_halt_poll_ns").write_text("200000\n")
+    assert cpu_idle(cpuidle, haltpoll) == "haltpoll (guest polls up to 200 µs before halting)"
+    (haltpoll / "guest_halt_poll_ns").write_text("0\n")
+    assert cpu_idle(cpuidle, haltpoll) == "haltpoll (guest polls up to 0 µs before halting)"
+    # This machine's own, as machine_describe() reports it.
+    assert machine_describe().get("idle", "") == cpu_idle()
 
 
 def test_the_wake_probes_time_round_trips_to_a_process_pinned_where_they_say(monkeypatch):
