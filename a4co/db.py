@@ -157,12 +157,20 @@ def sql_insert(objs, using: str) -> tuple[str, list]:
             f" VALUES {', '.join([row] * len(objs))}", params)
 
 
+# Stands in a statement's own WITH query names for its place among the statements that travel
+# together (statements_run_together), so that the names are unique in the one statement sent and
+# the same statement keeps the same text: a name unique per row (a UUID) made every text new, so
+# psycopg converted it anew and PostgreSQL parsed and planned it anew every time, never prepared.
+SLOT = "__slot__"
+
+
 def statements_run_together(using: str, statements: list[tuple[str, list]], *, deferrable: bool = False) -> None:
     """Run data-modifying statements in one round trip: each becomes a WITH query of one statement
     (PostgreSQL runs each exactly once, to completion), the last its final statement. A statement
-    may start with WITH queries of its own: name them other than w<n> and uniquely among the
-    statements that may travel together (they are hoisted into the one WITH list). Same
-    transaction semantics as running them one by one inside the caller's transaction.
+    may start with WITH queries of its own: name them other than w<n>, with SLOT in each name (it
+    becomes the statement's place in the round trip: `stored{SLOT}` is `stored0`, `stored1`, ...;
+    they are hoisted into the one WITH list). Same transaction semantics as running them one by
+    one inside the caller's transaction.
 
     Writes queued by `statement_defer` on `using` go first, in the same statement. With
     `deferrable`, inside `writes_deferred` the statements are queued too (nothing in the
@@ -180,10 +188,14 @@ def statements_run_together(using: str, statements: list[tuple[str, list]], *, d
 
 def _run_together(connection, statements: list[tuple[str, list]]) -> None:
     *first, (last_sql, last_params) = statements
+    if SLOT in last_sql:
+        last_sql = last_sql.replace(SLOT, str(len(first)))
     sql = last_sql
     if first:
         clauses = []
         for i, (statement, _params) in enumerate(first):
+            if SLOT in statement:
+                statement = statement.replace(SLOT, str(i))
             # PostgreSQL takes a data-modifying WITH query only at the top level: a statement's
             # own WITH queries join the list, ahead of the statement's body.
             own, body = _with_split(statement)

@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import connections, transaction
 
 from a4co import clock
-from a4co.db import mark_saved, sql_array, sql_execute, sql_insert, sql_update_values, statements_run_together
+from a4co.db import SLOT, mark_saved, sql_array, sql_execute, sql_insert, sql_update_values, statements_run_together
 from a4co.money import to_minor_units
 from infra.outbox import outbox_append, outbox_append_statement
 from payments import stripe_gateway as gateway
@@ -341,8 +341,8 @@ def payment_outcome_store(*, payment: Payment, outcome: dict) -> None:
     if message is None:  # still open (3-D Secure): nothing to announce yet
         statements_run_together(DB, [(update, params)], deferrable=True)
         return
-    # Named after the payment: a batch's outcome statements travel together (one WITH list).
-    stored = f"stored_{payment.id.hex}"
+    # A batch's outcome statements travel together (one WITH list): SLOT keeps their names apart.
+    stored = f"stored{SLOT}"
     insert, insert_params = outbox_append_statement(OutboxMessage, message, aggregate_id=payment.order_id,
                                                     when=stored)
     statements_run_together(DB, [(f"WITH {stored} AS ({update} RETURNING 1) {insert}", [*params, *insert_params])],

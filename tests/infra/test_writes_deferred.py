@@ -7,9 +7,10 @@ import tempfile
 import uuid
 
 import pytest
+from django.conf import settings
 from django.db import IntegrityError, connections, transaction
 
-from a4co.db import sql_array, statement_defer, statements_run_together, writes_deferred, writes_flush
+from a4co.db import SLOT, sql_array, statement_defer, statements_run_together, writes_deferred, writes_flush
 from infra.outbox import DuplicateDeliveryError, inbox_conflict, inbox_record, outbox_append
 from inventory.messages import InventoryOutOfStock
 from inventory.models import InboxMessage
@@ -124,7 +125,7 @@ def test_statements_with_with_queries_of_their_own_travel_together():
     ids = [str(uuid.uuid4()) for _ in range(3)]
 
     def guarded(n: int, write: bool) -> tuple[str, list]:
-        guard = f"g_{n}"
+        guard = f"g{SLOT}"  # the same name in each: SLOT tells them apart
         return (f"WITH {guard} AS (INSERT INTO {table} (id, subject, aggregate_id, payload, created_at, attempts, "
                 f"last_error) SELECT %s, 'probe', 'o', '{{\"text\": \"a ) ( paren\"}}'::jsonb, now(), 0, '' "
                 f"WHERE %s RETURNING 1) INSERT INTO {table} (id, subject, aggregate_id, payload, created_at, attempts, "
@@ -137,6 +138,25 @@ def test_statements_with_with_queries_of_their_own_travel_together():
     after = set(InventoryOutbox.objects.using(DB).filter(subject="after").values_list("id", flat=True))
     assert {str(i) for i in after} == {ids[0], ids[2]}
     assert InventoryOutbox.objects.using(DB).filter(subject="probe", payload__text="a ) ( paren").count() == 2
+
+
+def test_a_statement_with_with_queries_of_its_own_keeps_one_text_and_is_prepared():
+    # Its WITH query is named with SLOT, not after its row: run again with other values, it is the
+    # same text, so psycopg prepares it (after DB_PREPARE_THRESHOLD runs) and PostgreSQL stops
+    # parsing and planning it.
+    table = connections[DB].ops.quote_name(InventoryOutbox._meta.db_table)
+    statement = (f"WITH guard{SLOT} AS (INSERT INTO {table} (id, subject, aggregate_id, payload, created_at,"
+                 f" attempts, last_error) SELECT %s, 'probe', 'o', '{{}}'::jsonb, now(), 0, '' RETURNING 1)"
+                 f" INSERT INTO {table} (id, subject, aggregate_id, payload, created_at, attempts, last_error)"
+                 f" SELECT %s, 'after', 'o', '{{}}'::jsonb, now(), 0, '' FROM guard{SLOT}")
+    runs = settings.DB_PREPARE_THRESHOLD + 1
+    for _ in range(runs):
+        statements_run_together(DB, [(statement, [str(uuid.uuid4()), str(uuid.uuid4())])])
+    assert InventoryOutbox.objects.using(DB).filter(subject="after").count() == runs
+    with connections[DB].cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s",
+                       ["WITH guard0 AS (INSERT INTO%"])
+        assert len(cursor.fetchall()) == 1
 
 
 def test_writes_flush_sends_what_is_queued_so_that_the_transaction_reads_it():
