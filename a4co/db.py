@@ -187,15 +187,13 @@ def statements_run_together(using: str, statements: list[tuple[str, list]], *, d
 
 
 def _run_together(connection, statements: list[tuple[str, list]]) -> None:
-    *first, (last_sql, last_params) = statements
-    if SLOT in last_sql:
-        last_sql = last_sql.replace(SLOT, str(len(first)))
+    # SLOT in a statement's own WITH query names becomes its place: unique here, the same every time.
+    placed = [(sql.replace(SLOT, str(i)), params) for i, (sql, params) in enumerate(statements)]
+    *first, (last_sql, last_params) = placed
     sql = last_sql
     if first:
         clauses = []
         for i, (statement, _params) in enumerate(first):
-            if SLOT in statement:
-                statement = statement.replace(SLOT, str(i))
             # PostgreSQL takes a data-modifying WITH query only at the top level: a statement's
             # own WITH queries join the list, ahead of the statement's body.
             own, body = _with_split(statement)
